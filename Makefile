@@ -1,0 +1,51 @@
+# fusesync: `make test` and `make demo` install what they need, then run.
+# Installs are idempotent: a second run finds everything in place and installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test demo bench lint deps system-deps clean
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m tests.support.demo
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.sync_bench $(BENCH_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/ruff check fusesync tests bench
+	$(BIN)/mypy fusesync
+
+deps: $(VENV)/.installed
+
+# System packages pyfuse3 builds against and the mount needs at run time.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing $$missing (apt)"; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,bench]'
+	@command -v hyperfine >/dev/null && command -v s3fs >/dev/null && command -v fio >/dev/null || \
+	    (DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq hyperfine s3fs fio >/dev/null)
+	@touch $@
+
+clean:
+	rm -rf $(VENV) cache/demo cache/bench .pytest_cache

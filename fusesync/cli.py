@@ -1,0 +1,361 @@
+"""The `fusesync` command: click wiring and the output formats, nothing more.
+
+Each verb parses its arguments, calls into config, sync or fs, and prints. Domain errors
+become one line and an exit status here, in `FusesyncGroup.invoke`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from fusesync import __version__
+from fusesync.config import ADDRESSING_STYLES, Config
+from fusesync.errors import Declined, FusesyncError
+from fusesync.sync.report import Report
+
+ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
+
+
+class FusesyncGroup(click.Group):
+    """A group that knows the original tool's aliases and turns errors into one line."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        _, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd else None), cmd, rest
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FusesyncError as exc:
+            if ctx.params.get("debug"):
+                raise
+            _fail(ctx, str(exc), exc.exit_status)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            _fail(ctx, "interrupted", 130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # anything unexpected: one line, the rest only with --debug
+            if ctx.params.get("debug"):
+                raise
+            _fail(ctx, f"internal error: {exc!r} (run with --debug for the traceback)", 1)
+
+
+def _fail(ctx: click.Context, message: str, status: int) -> NoReturn:
+    verb = ctx.invoked_subcommand
+    click.echo(f"fusesync {verb}: {message}" if verb else f"fusesync: {message}", err=True)
+    ctx.exit(status)
+
+
+def confirm(question: str, assume_yes: bool) -> None:
+    """Ask the original tool's Y/N question; anything but y/Y, or no answer, changes nothing."""
+    if assume_yes:
+        return
+    stdin = sys.stdin
+    click.echo(f"{question} ", nl=False)
+    try:
+        answer = stdin.readline()
+    except (OSError, ValueError):  # closed or unreadable standard input
+        answer = ""
+    if not answer:
+        click.echo("")
+        raise Declined("no answer on standard input; nothing changed (use --yes to confirm)")
+    if answer.strip() not in ("y", "Y"):
+        raise Declined("not confirmed; nothing changed")
+
+
+def load_config(ctx: click.Context) -> Config:
+    config: Config = ctx.ensure_object(dict).setdefault(
+        "config", Config.load(ctx.find_root().params.get("config_file"))
+    )
+    return config
+
+
+yes_option = click.option("--yes", "-y", is_flag=True, help="Answer yes to the confirmation.")
+
+
+@click.group(cls=FusesyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FUSESYNC_CONFIG",
+    help="Settings file to use instead of $XDG_CONFIG_HOME/fusesync/config.toml.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.version_option(__version__, prog_name="fusesync")
+def cli(config_file: Path | None, debug: bool) -> None:
+    """Keep home and data directories in step with an S3 prefix.
+
+    A target pairs a local directory with s3://BUCKET/sync/USER/NAME. The 'default'
+    target is your home directory. Run 'fusesync setup --bucket BUCKET' once, then
+    'fusesync push' on one cluster and 'fusesync pull' on the next.
+
+    Credentials are never stored by fusesync: boto3 finds them (environment, shared
+    credentials file, --profile, instance role).
+    """
+
+
+@cli.command()
+@click.option("--bucket", required=True, help="The S3 bucket that holds every target.")
+@click.option("--endpoint-url", help="An S3-compatible endpoint, e.g. http://127.0.0.1:8333.")
+@click.option("--region", help="The bucket's region.")
+@click.option("--profile", help="A named profile of the AWS shared config and credentials.")
+@click.option(
+    "--addressing-style",
+    type=click.Choice(ADDRESSING_STYLES),
+    help="Bucket in the path (most S3-compatible servers) or in the host name (AWS).",
+)
+@click.pass_context
+def setup(
+    ctx: click.Context,
+    bucket: str,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    addressing_style: str | None,
+) -> None:
+    """Write the global settings; the 'default' target exists from then on.
+
+    Settings already in the file are replaced by those given here; targets are kept.
+    """
+    config = load_config(ctx)
+    config.set_settings(bucket, endpoint_url, region, profile, addressing_style)
+    config.save()
+    click.echo(f"fusesync setup: settings written to '{config.path}'")
+    default = config.target("default")
+    click.echo(f"{default.name}: {default.path} <-> {default.url}")
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of targets.")
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """List the targets: NAME: PATH <-> s3://BUCKET/sync/USER/NAME (alias: ls)."""
+    targets = load_config(ctx).targets()
+    if as_json:
+        rows = [{"name": t.name, "path": str(t.path), "url": t.url} for t in targets]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for target in targets:
+        click.echo(f"{target.name}: {target.path} <-> {target.url}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--encrypt",
+    multiple=True,
+    metavar="PATTERN",
+    help="Encrypt matching paths (gitignore syntax; repeatable). Names stay visible.",
+)
+@click.option(
+    "--exclude", multiple=True, metavar="PATTERN", help="Never sync matching paths (repeatable)."
+)
+@click.pass_context
+def add(
+    ctx: click.Context, name: str, path: Path, encrypt: tuple[str, ...], exclude: tuple[str, ...]
+) -> None:
+    """Create target NAME to sync the directory PATH.
+
+    NAME is 1 to 64 of A-Z a-z 0-9 . _ -; PATH must be an existing directory that
+    neither lies inside nor contains another target's directory.
+    """
+    config = load_config(ctx)
+    target = config.add_target(name, path, encrypt=encrypt, exclude=exclude)
+    config.save()
+    click.echo(f"fusesync add: created '{target.name}' to sync '{target.path}'")
+
+
+@cli.command()
+@click.argument("name")
+@yes_option
+@click.pass_context
+def remove(ctx: click.Context, name: str, yes: bool) -> None:
+    """Forget target NAME and its index (aliases: rm, delete).
+
+    Local files and the remote objects are left as they are.
+    """
+    config = load_config(ctx)
+    target = config.remove_target(name)  # in memory only until confirmed
+    confirm(f"Remove sync configuration for '{target.name}' (Y/N)?", yes)
+    config.save()
+    shutil.rmtree(target.state_dir, ignore_errors=True)
+    click.echo(f"fusesync remove: removed '{target.name}'")
+
+
+class Fraction(click.ParamType):
+    """A share of the target's files: '50%', '100%' or '0.5'."""
+
+    name = "PERCENT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage like 50% or 100%", param, ctx)
+        if not 0 <= number <= 1:
+            self.fail(f"{value!r} is not between 0% and 100%", param, ctx)
+        return number
+
+
+def sync_options(func: Any) -> Any:
+    func = click.option("--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing.")(func)
+    func = click.option(
+        "--max-delete", type=Fraction(), default="50%", show_default=True,
+        help="Stop before deleting more than this share of the target's files.",
+    )(func)
+    return click.argument("name", default="default")(func)
+
+
+def _progress(label: str) -> Any:
+    if sys.stdout.isatty():
+        from fusesync.progress import TerminalProgress
+
+        return TerminalProgress(label)
+    return None
+
+
+def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float) -> None:
+    from fusesync.sync.session import open_engine
+
+    config = load_config(ctx)
+    target = config.target(name)
+    if verb == "push":
+        click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
+    else:
+        click.echo(f" > Synchronizing {target.url} to directory '{target.path}'")
+
+    async def go() -> Report:
+        async with open_engine(config, target, verb, _progress(verb)) as engine:
+            run = engine.push if verb == "push" else engine.pull
+            return await run(dry_run=dry_run, max_delete=max_delete)
+
+    report = trio.run(go)
+    click.echo("    Permissions ... OK")
+    click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
+    for action in report.planned:
+        click.echo(f"   would {action.op.value}: {action.path}")
+    for path, reason in report.conflicts:
+        click.echo(f"   conflict: {path}: {reason}")
+    for path, reason in report.skipped:
+        click.echo(f"   skipped: {path}: {reason}")
+    click.echo(f"   {report.summary()}")
+    ctx.exit(report.exit_status)
+
+
+@cli.command()
+@sync_options
+@click.pass_context
+def push(ctx: click.Context, name: str, dry_run: bool, max_delete: float) -> None:
+    """Upload local changes of target NAME (default: 'default') (alias: put).
+
+    New, changed and deleted files, and changes of mode, owner and mtime, go to the
+    remote with conditional writes: a file changed on the remote since the last sync is
+    left alone and reported as a conflict (exit status 3).
+    """
+    _run_sync(ctx, "push", name, dry_run, max_delete)
+
+
+@cli.command()
+@sync_options
+@click.pass_context
+def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float) -> None:
+    """Bring remote changes of target NAME into its directory (alias: get).
+
+    A file changed on both sides keeps the local version at its path; the remote one is
+    written beside it as NAME.conflict-HOST-YYYYMMDD-HHMMSS[.ext] (exit status 3).
+    A local file is deleted only if it is unchanged since the last sync.
+    """
+    _run_sync(ctx, "pull", name, dry_run, max_delete)
+
+
+@cli.command()
+@click.argument("name", default="default")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.pass_context
+def status(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show what push and pull of target NAME would do; change nothing."""
+    from fusesync.sync.session import open_engine
+
+    config = load_config(ctx)
+    target = config.target(name)
+
+    async def go() -> Any:
+        async with open_engine(config, target, "status") as engine:
+            return await engine.status()
+
+    result = trio.run(go)
+    if as_json:
+        def rows(actions: Any) -> list[dict[str, Any]]:
+            return [{"op": a.op.value, "path": a.path, "kind": a.kind, "reason": a.reason}
+                    for a in actions]
+
+        click.echo(json.dumps({
+            "target": target.name, "path": str(target.path), "url": target.url,
+            "push": rows(result.push), "pull": rows(result.pull),
+            "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+        }, indent=2))
+        return
+    click.echo(f" > Status of '{target.name}': {target.path} <-> {target.url}")
+    if not (result.push or result.pull or result.skipped):
+        click.echo("   in step: nothing to push or pull")
+    for action in result.push:
+        click.echo(f"   push {action.op.value}: {action.path}")
+    for action in result.pull:
+        if action.op.value != "conflict" or action not in result.push:
+            click.echo(f"   pull {action.op.value}: {action.path}")
+    for path, reason in result.skipped:
+        click.echo(f"   skipped: {path}: {reason}")
+
+
+@cli.command()
+@click.argument("name")
+@yes_option
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be deleted; do nothing.")
+@click.pass_context
+def purge(ctx: click.Context, name: str, yes: bool, dry_run: bool) -> None:
+    """Delete every remote object of target NAME, and its manifest.
+
+    Local files stay as they are; the next push uploads everything again.
+    """
+    from fusesync.sync.session import open_engine
+
+    config = load_config(ctx)
+    target = config.target(name)
+    if dry_run:
+        click.echo(f"fusesync purge: would delete every object under {target.url}/")
+        return
+    confirm(f"Purge all files for '{target.name}' at '{target.url}' (Y/N)?", yes)
+
+    async def go() -> int:
+        async with open_engine(config, target, "purge") as engine:
+            return await engine.purge()
+
+    count = trio.run(go)
+    click.echo(f"fusesync purge: deleted {count} objects under {target.url}/")
+
+
+def main() -> None:
+    cli(prog_name="fusesync")
+
+
+if __name__ == "__main__":
+    main()

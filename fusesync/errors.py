@@ -1,0 +1,76 @@
+"""The one hierarchy of domain errors.
+
+Every error a user can cause or meet carries the exit status the CLI returns and the
+errno the mount answers with; the CLI and the FUSE adapter translate them in one place
+each and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class FusesyncError(Exception):
+    """An error with a clear one-line message for the user."""
+
+    exit_status: int = 1
+    errno: int = _errno.EIO
+
+
+class UsageError(FusesyncError):
+    """The command line asked for something that cannot be meant (exit status 2)."""
+
+    exit_status = 2
+    errno = _errno.EINVAL
+
+
+class ConfigError(FusesyncError):
+    """The settings file is missing something, unreadable, or not valid TOML."""
+
+    errno = _errno.EINVAL
+
+
+class NotConfigured(ConfigError):
+    """No bucket is set yet: the user must run `fusesync setup` first."""
+
+
+class TargetError(FusesyncError):
+    """A target name or path is invalid, unknown, or clashes with another target."""
+
+    errno = _errno.EINVAL
+
+
+class Declined(FusesyncError):
+    """The user answered no at a prompt, or no answer could be read."""
+
+    errno = _errno.ECANCELED
+
+
+class BusyError(FusesyncError):
+    """Another process owns the target (a push, a pull, or the mount daemon)."""
+
+    errno = _errno.EBUSY
+
+
+class RemoteError(FusesyncError):
+    """The object store refused or could not be reached."""
+
+    errno = _errno.EIO
+
+
+class RemoteChanged(RemoteError):
+    """The remote object is no longer the one the index knows (412 on a conditional write)."""
+
+    errno = _errno.ESTALE
+
+
+class IntegrityError(FusesyncError):
+    """Data read back does not verify (a truncated, corrupted or reordered object)."""
+
+    errno = _errno.EIO
+
+
+class SafetyStop(FusesyncError):
+    """A guard stopped a run before it could destroy data (empty listing, --max-delete)."""
+
+    errno = _errno.ECANCELED

@@ -1,0 +1,192 @@
+"""Typed access to a target's index (SQLite in WAL mode): opening, migrating, queries.
+
+Callers get rows and named errors, never SQL. The index is touched by one thread at a
+time: whichever thread holds the target's lock and is running the engine's current step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from fusesync.errors import FusesyncError
+from fusesync.index.schema import MIGRATIONS
+
+Row = sqlite3.Row
+
+
+class IndexUnusable(FusesyncError):
+    """The index is unreadable, or newer than this fusesync."""
+
+
+class NoSuchRow(FusesyncError):
+    """A query that must find exactly one row found none."""
+
+
+def _range_end(prefix: str) -> str:
+    """The smallest string after every string that starts with `prefix + '/'`."""
+    return prefix + "0"  # '0' is the character after '/'
+
+
+class Index:
+    """One target's index. Use as a context manager, or call close()."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db = sqlite_utils.Database(conn)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
+        self.conn = conn
+        self.path = path
+
+    def _migrate(self) -> None:
+        conn = self.db.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise IndexUnusable(
+                f"index format {version} is newer than this fusesync understands "
+                f"({len(MIGRATIONS)}): upgrade fusesync"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self._transaction(conn):
+                for statement in _statements(MIGRATIONS[number]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def transaction(self) -> Any:
+        """A write transaction: everything inside lands together or not at all."""
+        return self._transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------
+
+    def get(self, path: str) -> Row | None:
+        row: Row | None = self.conn.execute(
+            "SELECT * FROM paths WHERE path = ?", (path,)
+        ).fetchone()
+        return row
+
+    def require(self, path: str) -> Row:
+        row = self.get(path)
+        if row is None:
+            raise NoSuchRow(f"the index has no entry for '{path}'")
+        return row
+
+    def children(self, parent: str) -> dict[str, Row]:
+        """The rows directly inside directory `parent`, by name."""
+        rows = self.conn.execute("SELECT * FROM paths WHERE parent = ?", (parent,))
+        return {row["path"].rpartition("/")[2]: row for row in rows}
+
+    def descendants(self, path: str) -> Iterator[Row]:
+        """Every row strictly below directory `path`, in path order."""
+        yield from self.conn.execute(
+            "SELECT * FROM paths WHERE path > ? AND path < ? ORDER BY path",
+            (path + "/", _range_end(path)),
+        )
+
+    def rows(self, where: str = "1", params: Sequence[Any] = ()) -> Iterator[Row]:
+        """All rows matching a fixed condition of the engine's, in path order."""
+        yield from self.conn.execute(f"SELECT * FROM paths WHERE {where} ORDER BY path", params)
+
+    def count(self, where: str = "1", params: Sequence[Any] = ()) -> int:
+        count: int = self.conn.execute(
+            f"SELECT count(*) FROM paths WHERE {where}", params
+        ).fetchone()[0]
+        return count
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    # -- writing -------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def upsert(self, path: str, **columns: Any) -> None:
+        """Set `columns` of `path`'s row, creating the row when missing."""
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+        parent = path.rpartition("/")[0]
+        self.conn.execute(
+            f"INSERT INTO paths(path, parent, {names}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT(path) DO UPDATE SET {updates}",
+            (path, parent, *columns.values()),
+        )
+
+    def upsert_many(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Like upsert for many rows; each row is (path, *values in `columns` order)."""
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+        self.conn.executemany(
+            f"INSERT INTO paths(path, parent, {names}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT(path) DO UPDATE SET {updates}",
+            ((row[0], row[0].rpartition("/")[0], *row[1:]) for row in rows),
+        )
+
+    def update_where(self, where: str, params: Sequence[Any], **columns: Any) -> int:
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        cursor = self.conn.execute(
+            f"UPDATE paths SET {sets} WHERE {where}", (*columns.values(), *params)
+        )
+        return cursor.rowcount
+
+    def delete(self, path: str) -> None:
+        self.conn.execute("DELETE FROM paths WHERE path = ?", (path,))
+
+    def prune(self) -> int:
+        """Drop rows that say nothing any more: no base, no local, no remote, not dirty."""
+        cursor = self.conn.execute(
+            "DELETE FROM paths WHERE base_kind IS NULL AND local_kind IS NULL "
+            "AND remote_kind IS NULL AND dirty = 0"
+        )
+        return cursor.rowcount
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a schema script into whole statements, as SQLite itself would."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        yield pending.strip()

@@ -1,0 +1,75 @@
+"""The index's on-disk format: one commented block per version, applied in order.
+
+This is the canonical reference for what every column means. A change of format is a new
+entry in MIGRATIONS, never an edit of an old one: indexes in the field run them in order.
+"""
+
+from __future__ import annotations
+
+# Version 1. Paths are relative POSIX paths inside the target's directory: no leading or
+# trailing '/', never '' or '.', components as the file system spells them (UTF-8).
+V1 = """
+CREATE TABLE paths (
+    path        TEXT PRIMARY KEY,
+    parent      TEXT NOT NULL,  -- path of the containing directory; '' for the top level
+
+    -- The base: what both sides held after the last successful push or pull of this path.
+    -- base_kind NULL means there is no base (never synced, or forgotten after a conflict).
+    base_kind     TEXT,         -- 'file' | 'dir' | 'symlink'
+    base_md5      TEXT,         -- files: hex MD5 of the content; symlinks: of the target
+    base_size     INTEGER,
+    base_mode     INTEGER,      -- permission bits (0o7777) as they stood locally
+    base_uid      INTEGER,
+    base_gid      INTEGER,
+    base_owner    TEXT,         -- user and group names, so a cluster with other ids can map
+    base_group    TEXT,
+    base_mtime_ns INTEGER,      -- local mtime; NULL for directories (their mtime is noise)
+    base_target   TEXT,         -- symlinks: the link's target
+    base_etag     TEXT,         -- the object's etag (unquoted); NULL for a dir with no marker
+    base_rsig     TEXT,         -- the remote side's signature at sync: etag, mode, ids, mtime
+
+    -- What the last scan of the local tree saw. local_kind NULL: absent at that scan.
+    -- A file whose (size, mtime_ns, ctime_ns, ino, mode) still match is not hashed again.
+    local_kind     TEXT,
+    local_size     INTEGER,
+    local_mtime_ns INTEGER,
+    local_ctime_ns INTEGER,
+    local_ino      INTEGER,
+    local_mode     INTEGER,     -- full st_mode, type bits included
+    local_uid      INTEGER,
+    local_gid      INTEGER,
+    local_md5      TEXT,
+    local_target   TEXT,
+
+    -- The remote as last listed (LIST + manifest, HEAD for objects other tools wrote).
+    -- remote_kind NULL: absent from that listing. A mount shows rows with a remote but
+    -- no local state as remote-only entries.
+    remote_kind   TEXT,
+    remote_etag   TEXT,
+    remote_size   INTEGER,
+    remote_mode   INTEGER,      -- full st_mode from x-amz-meta-mode or the manifest
+    remote_uid    INTEGER,
+    remote_gid    INTEGER,
+    remote_owner  TEXT,
+    remote_group  TEXT,
+    remote_mtime  REAL,         -- seconds
+    remote_md5    TEXT,         -- content MD5 when known (manifest, or a single-part etag)
+    remote_target TEXT,
+    remote_marker INTEGER NOT NULL DEFAULT 0,  -- dirs: a 'path/' marker object exists
+    remote_gen    INTEGER NOT NULL DEFAULT 0,  -- the listing that last saw this path
+
+    -- The journal: set by the mount on every change made through it, cleared by push.
+    dirty INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX paths_parent ON paths(parent);
+CREATE INDEX paths_dirty ON paths(dirty) WHERE dirty != 0;
+
+-- Small facts about the target: 'remote_gen' (listing counter), 'manifest_etag', ...
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1,)
+"""MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version)."""

@@ -1,0 +1,189 @@
+"""The sync engine: detect -> plan -> execute, for push, pull, status and purge.
+
+One engine serves the CLI and the mount daemon. It owns the order of the steps and the
+guards that stop a run before it can destroy data; the steps live in their own modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from fusesync.config import Target
+from fusesync.errors import FusesyncError, SafetyStop
+from fusesync.index import Index, Row
+from fusesync.remote.base import Remote
+from fusesync.sync import base as columns
+from fusesync.sync.localfs import Tree
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import Kind
+from fusesync.sync.plan import Action, Op, plan_pull, plan_push
+from fusesync.sync.pull import Puller
+from fusesync.sync.push import Pusher
+from fusesync.sync.remote_scan import RemoteScan, scan_remote
+from fusesync.sync.report import NoProgress, Progress, Report
+from fusesync.sync.scan import ScanResult, scan_tree
+
+DEFAULT_MAX_DELETE = 0.5
+DEFAULT_CONCURRENCY = 32
+
+
+@dataclass
+class Status:
+    push: list[Action] = field(default_factory=list)
+    pull: list[Action] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Engine:
+    """Runs one verb on one target. The caller holds the target's lock."""
+
+    def __init__(
+        self,
+        target: Target,
+        index: Index,
+        remote: Remote,
+        progress: Progress | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.target = target
+        self.index = index
+        self.remote = remote
+        self.progress = progress or NoProgress()
+        self.concurrency = concurrency
+        self.exclude = PathMatcher(target.exclude)
+
+    # -- detect ----------------------------------------------------------------------
+
+    def _check_tree(self) -> None:
+        if not self.target.path.is_dir():
+            raise FusesyncError(f"directory '{self.target.path}' does not exist")
+
+    async def scan_local(self) -> ScanResult:
+        self._check_tree()
+        return await trio.to_thread.run_sync(
+            scan_tree, self.target.path, self.index, self.exclude
+        )
+
+    async def scan_remote(self) -> RemoteScan:
+        return await scan_remote(self.remote, self.target, self.index, self.exclude)
+
+    # -- plan ------------------------------------------------------------------------
+
+    def _excluded(self, row: Row) -> bool:
+        is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
+        return self.exclude.matches(row["path"], is_dir)
+
+    def plan_push(self, remote_listed: bool) -> list[Action]:
+        actions = []
+        for row in self.index.rows():
+            action = plan_push(row, remote_listed)
+            if action is not None and not self._excluded(row):
+                actions.append(action)
+        return actions
+
+    def plan_pull(self) -> list[Action]:
+        actions = []
+        for row in self.index.rows():
+            action = plan_pull(row)
+            if action is not None and not self._excluded(row):
+                actions.append(action)
+        return actions
+
+    def _guard_deletes(self, actions: list[Action], op: Op, max_delete: float) -> None:
+        deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
+        if not deletes:
+            return
+        synced = self.index.count("base_kind IS NOT NULL AND base_kind != 'dir'")
+        if deletes > max_delete * synced:
+            raise SafetyStop(
+                f"this run would delete {deletes} of {synced} synced files "
+                f"(more than {max_delete:.0%}); nothing was changed. "
+                "Check the target, then rerun with --max-delete 100% to allow it"
+            )
+
+    # -- verbs -----------------------------------------------------------------------
+
+    async def push(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
+        report = Report("push", dry_run=dry_run)
+        scan = await self.scan_local()
+        report.skipped.extend(scan.skipped)
+        actions = self.plan_push(remote_listed=False)
+        self._guard_deletes(actions, Op.DELETE_REMOTE, max_delete)
+        if dry_run:
+            report.planned = actions
+            return report.done()
+        if actions:
+            await self._prepare_remote()
+            self.index.set_meta("push_running", "1")
+            self.progress.start(
+                sum(1 for a in actions if a.op == Op.UPLOAD and a.kind != Kind.DIR),
+                sum(a.size for a in actions if a.op == Op.UPLOAD),
+            )
+            pusher = Pusher(self.target, self.index, self.remote, report, self.progress)
+            await pusher.run(actions, self.concurrency)
+            self.progress.finish()
+            self.index.set_meta("push_running", "")
+        self.index.prune()
+        return report.done()
+
+    async def _prepare_remote(self) -> None:
+        """Create a missing bucket once; abort the multipart uploads a killed push left."""
+        if not self.index.meta("bucket_ok"):
+            if not await self.remote.bucket_exists():
+                await self.remote.create_bucket()
+            self.index.set_meta("bucket_ok", "1")
+        if self.index.meta("push_running"):
+            await self.remote.abort_multipart_uploads(self.target.prefix)
+
+    async def pull(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
+        report = Report("pull", dry_run=dry_run)
+        listing = await self.scan_remote()  # first: a refused listing changes nothing
+        report.skipped.extend(listing.skipped)
+        scan = await self.scan_local()
+        report.skipped.extend(scan.skipped)
+        synced = self.index.count("base_kind IS NOT NULL")
+        if listing.empty and synced:
+            raise SafetyStop(
+                f"the remote {self.target.url} is empty but {synced} paths were synced from it "
+                "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
+            )
+        actions = self.plan_pull()
+        self._guard_deletes(actions, Op.DELETE_LOCAL, max_delete)
+        if dry_run:
+            report.planned = actions
+            return report.done()
+        self.progress.start(
+            sum(1 for a in actions if a.op == Op.FETCH and a.kind != Kind.DIR),
+            sum(a.size for a in actions if a.op in (Op.FETCH, Op.CONFLICT)),
+        )
+        with Tree(self.target.path) as tree:
+            for leftover in scan.leftovers:
+                await trio.to_thread.run_sync(tree.remove_leftover, leftover)
+            puller = Puller(self.target, self.index, self.remote, tree, report, self.progress)
+            await puller.run(actions, self.concurrency)
+        self.progress.finish()
+        self.index.prune()
+        return report.done()
+
+    async def status(self) -> Status:
+        listing = await self.scan_remote()
+        scan = await self.scan_local()
+        return Status(
+            push=self.plan_push(remote_listed=True),
+            pull=self.plan_pull(),
+            skipped=[*listing.skipped, *scan.skipped],
+        )
+
+    async def purge(self) -> int:
+        """Delete every object under the prefix and the manifest; forget every base."""
+        prefix = self.target.prefix
+        if not prefix.strip("/") or prefix.count("/") < 3:
+            raise SafetyStop(f"refusing to purge '{prefix}': not a target's prefix")
+        keys = [obj.key async for obj in self.remote.list(prefix)]
+        await self.remote.delete_many([*keys, self.target.manifest_key])
+        with self.index.transaction():
+            self.index.update_where("1", (), **columns.NO_BASE, **columns.NO_REMOTE)
+            self.index.prune()
+        return len(keys)

@@ -1,0 +1,266 @@
+"""Writes into the local tree that untrusted remote data can never steer outside it.
+
+Every path is reached from the target's own directory descriptor one component at a time
+with O_NOFOLLOW; files land under a temporary name, are fsynced and renamed into place.
+All functions block: call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO
+
+from fusesync.errors import FusesyncError
+from fusesync.sync.model import SPECIAL_BITS
+
+TMP_MARK = ".fusesync-tmp-"
+"""Temporary files carry this in their name; scans ignore them, the next pull removes them."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(FusesyncError):
+    """A component of the path is a symlink or not a directory: nothing is written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    uid: int | None
+    gid: int | None
+    owner: str | None
+    group: str | None
+
+
+class Tree:
+    """The target's directory, held open; paths are relative to it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        self.fd = os.open(self.root, _DIR_FLAGS)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def parent_dir(self, relpath: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """Yield (fd of the containing directory, final name), never following a symlink."""
+        *dirs, name = relpath.split("/")
+        fd = os.dup(self.fd)
+        try:
+            for part in dirs:
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePath(
+                            f"'{relpath}': '{part}' is a symlink or a file here; nothing written"
+                        ) from exc
+                    raise
+                os.close(fd)
+                fd = next_fd
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def lstat(self, relpath: str) -> os.stat_result | None:
+        try:
+            with self.parent_dir(relpath) as (dfd, name):
+                return os.lstat(name, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError, UnsafePath):
+            return None
+
+    def write_file(
+        self,
+        relpath: str,
+        fill: Callable[[BinaryIO], None],
+        mode: int,
+        mtime_ns: int | None,
+        owner: Owner | None,
+        expect: Version | None | bool = True,
+        final_name: str | None = None,
+    ) -> os.stat_result:
+        """Create `relpath` (or `final_name` beside it) from `fill(file)`, atomically.
+
+        `expect` guards against a local change racing the pull: a stat result the path
+        must still match, None if it must still be absent, True for no check.
+        """
+        with self.parent_dir(relpath, create=True) as (dfd, name):
+            name = final_name or name
+            tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    fill(f)
+                    f.flush()
+                _apply(fd, mode, mtime_ns, owner)
+                os.fsync(fd)
+                _check_expected(dfd, name, expect, relpath)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return os.fstat(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            finally:
+                os.close(fd)
+
+    def write_symlink(
+        self, relpath: str, target: str, expect: Version | None | bool = True,
+        final_name: str | None = None,
+    ) -> os.stat_result:
+        with self.parent_dir(relpath, create=True) as (dfd, name):
+            name = final_name or name
+            tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+            os.symlink(target, tmp, dir_fd=dfd)
+            try:
+                _check_expected(dfd, name, expect, relpath)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            return os.lstat(name, dir_fd=dfd)
+
+    def make_dir(self, relpath: str, mode: int, owner: Owner | None) -> os.stat_result:
+        with self.parent_dir(relpath, create=True) as (dfd, name):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)  # refuses a symlink in its place
+            try:
+                _apply(fd, mode, None, owner)
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, relpath: str, expect: Version | None) -> bool:
+        """Remove a file, symlink or empty directory if it is still as `expect` saw it."""
+        try:
+            with self.parent_dir(relpath) as (dfd, name):
+                st = os.lstat(name, dir_fd=dfd)
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        os.rmdir(name, dir_fd=dfd)
+                    except OSError as exc:
+                        if exc.errno == errno.ENOTEMPTY:
+                            return False
+                        raise
+                    return True
+                if expect is not None and version(st) != expect:
+                    return False
+                os.unlink(name, dir_fd=dfd)
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+
+    def remove_leftover(self, relpath: str) -> None:
+        with contextlib.suppress(OSError, UnsafePath), self.parent_dir(relpath) as (dfd, name):
+            if TMP_MARK in name:
+                os.unlink(name, dir_fd=dfd)
+
+
+class LocalChanged(FusesyncError):
+    """The local path changed after the scan: the pull leaves it alone."""
+
+
+Version = tuple[int, int, int, int]
+"""(inode, size, mtime_ns, st_mode): a local path's version as a scan saw it."""
+
+
+def version(st: os.stat_result) -> Version:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+
+
+def _check_expected(dfd: int, name: str, expect: Version | None | bool, rel: str) -> None:
+    if expect is True:
+        return
+    try:
+        st = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        st = None
+    if expect is None or expect is False:
+        if st is not None:
+            raise LocalChanged(f"'{rel}' appeared locally during the pull; kept")
+        return
+    if st is None or version(st) != expect:
+        raise LocalChanged(f"'{rel}' changed locally during the pull; kept")
+    if stat.S_ISDIR(st.st_mode):
+        raise LocalChanged(f"'{rel}' is a directory here; kept")
+
+
+def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None) -> None:
+    """Owner first (chown clears setuid bits), then mode without special bits, then times."""
+    if owner is not None and os.geteuid() == 0:
+        uid, gid = local_ids(owner)
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.fchmod(fd, mode & 0o7777 & ~SPECIAL_BITS)
+    if mtime_ns is not None:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+@lru_cache(maxsize=4096)
+def _uid_for(name: str | None, uid: int | None) -> int | None:
+    if name:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name).pw_uid
+    if uid is not None:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwuid(uid).pw_uid
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _gid_for(name: str | None, gid: int | None) -> int | None:
+    if name:
+        with contextlib.suppress(KeyError):
+            return grp.getgrnam(name).gr_gid
+    if gid is not None:
+        with contextlib.suppress(KeyError):
+            return grp.getgrgid(gid).gr_gid
+    return None
+
+
+def local_ids(owner: Owner) -> tuple[int | None, int | None]:
+    """The local ids for a remote owner: by name first, then by id, only if it exists.
+
+    Root (id 0) is never granted from remote data: such a file keeps the puller's ids.
+    """
+    uid = _uid_for(owner.owner, owner.uid)
+    gid = _gid_for(owner.group, owner.gid)
+    return (uid or None), (gid or None)
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str | None:
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return None
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str | None:
+    with contextlib.suppress(KeyError):
+        return grp.getgrgid(gid).gr_name
+    return None

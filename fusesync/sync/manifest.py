@@ -1,0 +1,57 @@
+"""The manifest: every path's attributes in one object beside the prefix.
+
+A LIST plus one GET of the manifest gives pull all attributes with no HEAD per object.
+Entries are keyed by relative path; the object is gzip-compressed JSON, versioned.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    kind: str
+    etag: str | None = None
+    md5: str | None = None
+    size: int = 0
+    mode: int | None = None  # full st_mode, type bits included
+    uid: int | None = None
+    gid: int | None = None
+    owner: str | None = None
+    group: str | None = None
+    mtime: float | None = None
+    target: str | None = None
+    enc: str | None = None  # the encryption format, when the body is ciphertext
+
+
+def encode(entries: dict[str, ManifestEntry]) -> bytes:
+    body = {
+        "format": FORMAT,
+        "entries": {
+            path: {k: v for k, v in asdict(e).items() if v is not None}
+            for path, e in sorted(entries.items())
+        },
+    }
+    return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), mtime=0)
+
+
+def decode(data: bytes) -> dict[str, ManifestEntry]:
+    """Parse a manifest; anything unreadable counts as no manifest (HEADs fill in)."""
+    try:
+        body: Any = json.loads(gzip.decompress(data))
+        if body.get("format") != FORMAT:
+            return {}
+        fields = set(ManifestEntry.__dataclass_fields__)
+        return {
+            path: ManifestEntry(**{k: v for k, v in entry.items() if k in fields})
+            for path, entry in body["entries"].items()
+            if isinstance(entry, dict) and isinstance(entry.get("kind"), str)
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, EOFError):
+        return {}

@@ -1,0 +1,26 @@
+"""Which paths a target excludes or encrypts: gitignore syntax, one matcher, one meaning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pathspec
+
+
+class PathMatcher:
+    """Matches relative POSIX paths; directories are asked about with `is_dir=True`."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(patterns)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, relpath: str, is_dir: bool = False) -> bool:
+        if not self.patterns:
+            return False
+        if is_dir:
+            relpath += "/"
+        # GitIgnoreSpec also matches paths inside a matched directory, as git does
+        return bool(self._spec.match_file(relpath))

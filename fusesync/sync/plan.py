@@ -1,0 +1,140 @@
+"""Plan: the three-way table of DESIGN.md, one index row at a time.
+
+Pure functions of a row: no I/O, no clock. Compare the local tree L and the remote R each
+with the base B, and say what push or pull must do. Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from fusesync.index import Row
+from fusesync.sync.model import Kind, local_sig, remote_sig
+
+
+class Side(Enum):
+    ABSENT = "absent"  # no base, not there
+    NEW = "new"  # no base, there now
+    SAME = "same"
+    CHANGED = "changed"
+    DELETED = "deleted"  # had a base, gone now
+
+
+class Op(Enum):
+    UPLOAD = "upload"  # push: write L to the remote (if_match base etag, or create)
+    DELETE_REMOTE = "delete-remote"
+    FETCH = "fetch"  # pull: write R into the tree
+    DELETE_LOCAL = "delete-local"
+    RECORD = "record"  # both sides agree already: record the base
+    FORGET = "forget"  # both gone, or R gone and L kept as new: clear the base
+    CONFLICT = "conflict"  # push: leave R; pull: keep L, write R beside it
+    KEEP_REMOTE = "keep-remote"  # push: L deleted but R changed: R stays, reported
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    op: Op
+    path: str
+    kind: str | None  # the kind the action writes or removes
+    size: int = 0
+    reason: str = ""
+
+
+def local_side(row: Row) -> Side:
+    now = local_sig(
+        row["local_kind"], row["local_md5"], row["local_mode"], row["local_uid"],
+        row["local_gid"], row["local_mtime_ns"], row["local_target"],
+    )
+    if row["base_kind"] is None:
+        return Side.NEW if now is not None else Side.ABSENT
+    if now is None:
+        return Side.DELETED
+    base = local_sig(
+        row["base_kind"], row["base_md5"], row["base_mode"], row["base_uid"],
+        row["base_gid"], row["base_mtime_ns"], row["base_target"],
+    )
+    return Side.SAME if now == base else Side.CHANGED
+
+
+def remote_side(row: Row) -> Side:
+    now = remote_now_sig(row)
+    if row["base_kind"] is None:
+        return Side.NEW if now is not None else Side.ABSENT
+    if now is None:
+        return Side.DELETED
+    return Side.SAME if now == row["base_rsig"] else Side.CHANGED
+
+
+def remote_now_sig(row: Row) -> str | None:
+    return remote_sig(
+        row["remote_kind"], row["remote_etag"], row["remote_mode"], row["remote_uid"],
+        row["remote_gid"], row["remote_mtime"], row["remote_target"],
+    )
+
+
+def same_content(row: Row) -> bool:
+    """Both sides hold the same thing, whatever their attributes (a false conflict)."""
+    kind = row["local_kind"]
+    if kind is None or kind != row["remote_kind"]:
+        return False
+    if kind == Kind.DIR:
+        return True
+    if kind == Kind.SYMLINK:
+        return bool(row["local_target"] == row["remote_target"])
+    return row["local_md5"] is not None and row["local_md5"] == row["remote_md5"]
+
+
+def plan_push(row: Row, remote_listed: bool) -> Action | None:
+    """What push does for this row. Without a listing, R is assumed to be the base and
+    the conditional writes find out otherwise."""
+    local = local_side(row)
+    remote = remote_side(row) if remote_listed else (
+        Side.SAME if row["base_kind"] is not None else Side.ABSENT
+    )
+    path = row["path"]
+    size = row["local_size"] or 0
+    match local, remote:
+        case (Side.SAME | Side.ABSENT, _):
+            return None
+        case (Side.NEW, Side.ABSENT) | (Side.CHANGED, Side.SAME | Side.DELETED):
+            return Action(Op.UPLOAD, path, row["local_kind"], size)
+        case (Side.NEW | Side.CHANGED, Side.NEW | Side.CHANGED):
+            if same_content(row):
+                return Action(Op.RECORD, path, row["local_kind"])
+            return Action(Op.CONFLICT, path, row["local_kind"], reason="changed on both sides")
+        case (Side.DELETED, Side.SAME):
+            return Action(Op.DELETE_REMOTE, path, row["base_kind"])
+        case (Side.DELETED, Side.CHANGED | Side.NEW):
+            return Action(Op.KEEP_REMOTE, path, row["remote_kind"],
+                          reason="deleted here but changed on the remote; the remote copy stays")
+        case (Side.DELETED, Side.DELETED | Side.ABSENT):
+            return Action(Op.FORGET, path, None)
+    return None
+
+
+def plan_pull(row: Row) -> Action | None:
+    """What pull does for this row (the remote has just been listed)."""
+    local = local_side(row)
+    remote = remote_side(row)
+    path = row["path"]
+    size = row["remote_size"] or 0
+    match local, remote:
+        case (_, Side.SAME | Side.ABSENT):
+            return None
+        case (Side.SAME | Side.ABSENT, Side.NEW | Side.CHANGED):
+            return Action(Op.FETCH, path, row["remote_kind"], size)
+        case (Side.DELETED, Side.CHANGED):
+            return Action(Op.FETCH, path, row["remote_kind"], size, reason="restored")
+        case (Side.NEW | Side.CHANGED, Side.NEW | Side.CHANGED):
+            if same_content(row):
+                return Action(Op.RECORD, path, row["local_kind"])
+            return Action(Op.CONFLICT, path, row["remote_kind"], size,
+                          reason="changed on both sides")
+        case (Side.SAME, Side.DELETED):
+            return Action(Op.DELETE_LOCAL, path, row["local_kind"])
+        case (Side.CHANGED, Side.DELETED):
+            return Action(Op.FORGET, path, None, reason="deleted on the remote, changed here: kept")
+        case (Side.DELETED, Side.DELETED):
+            return Action(Op.FORGET, path, None)
+    return None

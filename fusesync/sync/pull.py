@@ -1,0 +1,220 @@
+"""Execute, pull side: bring remote changes into the tree without losing a local one.
+
+Files arrive under a temporary name, are verified, fsynced and renamed; a path that
+changed locally after the scan is left alone. Conflicts keep the local version in place
+and write the remote one beside it. Rows change only after the tree has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import trio
+
+from fusesync.config import Target
+from fusesync.errors import IntegrityError, RemoteChanged
+from fusesync.index import Index, Row
+from fusesync.remote.base import Remote
+from fusesync.sync import base as columns
+from fusesync.sync.localfs import LocalChanged, Owner, Tree, UnsafePath, Version
+from fusesync.sync.model import Kind
+from fusesync.sync.plan import Action, Op
+from fusesync.sync.report import Progress, Report
+
+
+def conflict_name(name: str, when: float | None = None, host: str | None = None) -> str:
+    """NAME.conflict-HOST-YYYYMMDD-HHMMSS[.ext]: the remote version, kept beside ours."""
+    host = (host or socket.gethostname()).split(".")[0] or "host"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    stem, ext = os.path.splitext(name)
+    return f"{stem}.conflict-{host}-{stamp}{ext}"
+
+
+def local_version(row: Row) -> Version | None:
+    if row["local_kind"] is None:
+        return None
+    return (row["local_ino"], row["local_size"], row["local_mtime_ns"], row["local_mode"])
+
+
+def remote_owner(row: Row) -> Owner:
+    return Owner(row["remote_uid"], row["remote_gid"], row["remote_owner"], row["remote_group"])
+
+
+def remote_mtime_ns(row: Row) -> int | None:
+    mtime = row["remote_mtime"]
+    return round(mtime * 1e9) if mtime is not None else None
+
+
+class Puller:
+    def __init__(
+        self,
+        target: Target,
+        index: Index,
+        remote: Remote,
+        tree: Tree,
+        report: Report,
+        progress: Progress,
+    ) -> None:
+        self.target = target
+        self.index = index
+        self.remote = remote
+        self.tree = tree
+        self.report = report
+        self.progress = progress
+        self._disk = trio.CapacityLimiter(8)
+
+    async def run(self, actions: Sequence[Action], concurrency: int) -> None:
+        dirs = sorted(
+            (a for a in actions if a.op == Op.FETCH and a.kind == Kind.DIR), key=lambda a: a.path
+        )
+        for action in dirs:  # parents before children, so files have somewhere to land
+            await self._guarded(action, self._make_dir, final=False)
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def one(action: Action) -> None:
+            async with limiter:
+                await self._guarded(action, self._dispatch)
+
+        async with trio.open_nursery() as nursery:
+            for action in actions:
+                if action.op in (Op.FETCH, Op.CONFLICT) and action.kind != Kind.DIR:
+                    nursery.start_soon(one, action)
+                elif action.op in (Op.RECORD, Op.FORGET):
+                    self._record(action)
+        deletes = sorted((a for a in actions if a.op == Op.DELETE_LOCAL),
+                         key=lambda a: a.path, reverse=True)  # children before parents
+        for action in deletes:
+            await self._guarded(action, self._delete)
+        for action in reversed(dirs):  # final modes last: a read-only dir was filled first
+            await self._guarded(action, self._make_dir, final=True)
+
+    async def _guarded(self, action: Action, step, **kw) -> None:  # type: ignore[no-untyped-def]
+        row = self.index.get(action.path)
+        if row is None:
+            return
+        try:
+            await step(action, row, **kw)
+        except (LocalChanged, UnsafePath) as exc:
+            self.report.skipped.append((action.path, str(exc)))
+        except RemoteChanged:
+            self.report.skipped.append(
+                (action.path, "changed on the remote during the pull; pull again")
+            )
+        except IntegrityError as exc:
+            self.report.skipped.append((action.path, str(exc)))
+        except OSError as exc:
+            self.report.skipped.append((action.path, f"cannot write: {exc.strerror}"))
+
+    async def _dispatch(self, action: Action, row: Row) -> None:
+        if action.op == Op.CONFLICT:
+            await self._conflict(action, row)
+        else:
+            await self._fetch(row, expect=local_version(row))
+
+    def _record(self, action: Action) -> None:
+        row = self.index.get(action.path)
+        if row is None:
+            return
+        if action.op == Op.RECORD:
+            self.index.upsert(action.path, **columns.local_base(row), **columns.remote_base(row))
+            self.report.recorded += 1
+        else:
+            self.index.upsert(action.path, **columns.NO_BASE)
+            if action.reason:
+                self.report.skipped.append((action.path, action.reason))
+
+    async def _fetch(self, row: Row, expect: Version | None | bool,
+                     final_name: str | None = None) -> None:
+        """Write the remote version at its path (or at `final_name` beside it)."""
+        path = row["path"]
+        kind = row["remote_kind"]
+        if kind == Kind.SYMLINK:
+            st = await trio.to_thread.run_sync(
+                self.tree.write_symlink, path, row["remote_target"], expect, final_name,
+                limiter=self._disk,
+            )
+            md5 = row["remote_md5"]
+        else:
+            md5_box: list[str] = []
+            st = await trio.to_thread.run_sync(
+                self._write_file, row, expect, final_name, md5_box, limiter=self._disk
+            )
+            md5 = md5_box[0]
+            self.report.downloaded_bytes += st.st_size
+        self.report.downloaded += 1
+        self.progress.advance(files=1)
+        if final_name is None:
+            with self.index.transaction():
+                self.index.upsert(path, **columns.local_from_stat(st, Kind(kind), md5,
+                                                                   row["remote_target"]))
+                fresh = self.index.require(path)
+                self.index.upsert(path, **columns.local_base(fresh), **columns.remote_base(row))
+
+    def _write_file(self, row: Row, expect: Version | None | bool, final_name: str | None,
+                    md5_box: list[str]) -> os.stat_result:
+        """Download into a temporary file, verify, rename into place. Blocks (worker thread)."""
+        key = self.target.prefix + row["path"]
+
+        def fill(f: BinaryIO) -> None:
+            trio.from_thread.run(self._download, key, f, row["remote_etag"])
+            f.flush()
+            f.seek(0)
+            digest = hashlib.file_digest(f, "md5").hexdigest()
+            if row["remote_md5"] and digest != row["remote_md5"]:
+                raise IntegrityError(f"'{row['path']}': downloaded data does not match its MD5")
+            md5_box.append(digest)
+
+        return self.tree.write_file(
+            row["path"], fill, row["remote_mode"] or 0o644, remote_mtime_ns(row),
+            remote_owner(row), expect, final_name,
+        )
+
+    async def _download(self, key: str, f: BinaryIO, etag: str | None) -> None:
+        await self.remote.download_file(key, f, if_match=etag,
+                                        progress=lambda n: self.progress.advance(size=n))
+
+    async def _conflict(self, action: Action, row: Row) -> None:
+        local_kind, remote_kind = row["local_kind"], row["remote_kind"]
+        if Kind.DIR in (local_kind, remote_kind):
+            self.report.conflicts.append(
+                (action.path, f"a {local_kind} here, a {remote_kind} on the remote; both kept")
+            )
+            return
+        name = conflict_name(action.path.rpartition("/")[2])
+        await self._fetch(row, expect=None, final_name=name)
+        self.index.upsert(action.path, **columns.remote_as_local_base(row))
+        self.report.conflicts.append(
+            (action.path, f"changed on both sides; the remote version is in '{name}'")
+        )
+
+    async def _make_dir(self, action: Action, row: Row, final: bool) -> None:
+        mode = (row["remote_mode"] or 0o755) & 0o7777
+        st = await trio.to_thread.run_sync(
+            self.tree.make_dir, action.path, mode if final else mode | 0o700,
+            remote_owner(row) if final else None, limiter=self._disk,
+        )
+        if final:
+            with self.index.transaction():
+                self.index.upsert(action.path, **columns.local_from_stat(st, Kind.DIR, None, None))
+                fresh = self.index.require(action.path)
+                self.index.upsert(action.path, **columns.local_base(fresh),
+                                  **columns.remote_base(row))
+
+    async def _delete(self, action: Action, row: Row) -> None:
+        removed = await trio.to_thread.run_sync(
+            self.tree.remove, action.path, local_version(row) if row["local_kind"] != Kind.DIR
+            else None, limiter=self._disk,
+        )
+        if removed:
+            self.index.upsert(action.path, **columns.NO_BASE, **columns.NO_LOCAL)
+            if row["local_kind"] != Kind.DIR:
+                self.report.deleted += 1
+        else:  # changed since the scan, or a directory holding new files: it is new now
+            self.index.upsert(action.path, **columns.NO_BASE)
+            self.report.skipped.append((action.path, "changed locally; kept"))
+

@@ -1,0 +1,176 @@
+"""Execute, push side: upload what changed locally with conditional writes.
+
+A write the remote refuses (412) is a conflict to report, never an error to retry, except
+that an object deleted remotely is written anew (modify beats delete). Each index row
+changes only after its object is confirmed; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Sequence
+
+import trio
+
+from fusesync.config import Target
+from fusesync.errors import FusesyncError, RemoteChanged, SourceChanged
+from fusesync.index import Index, Row
+from fusesync.remote.base import Attrs, Remote
+from fusesync.sync import base as columns
+from fusesync.sync.manifest import ManifestEntry, encode
+from fusesync.sync.model import Kind
+from fusesync.sync.plan import Action, Op
+from fusesync.sync.remote_scan import load_manifest
+from fusesync.sync.report import Progress, Report
+
+DIR_CONTENT_TYPE = "application/x-directory"
+
+
+class Pusher:
+    """Carries out a push plan. Owns nothing: the engine passes index, remote and report."""
+
+    def __init__(
+        self, target: Target, index: Index, remote: Remote, report: Report, progress: Progress
+    ) -> None:
+        self.target = target
+        self.index = index
+        self.remote = remote
+        self.report = report
+        self.progress = progress
+        self.manifest_changes: dict[str, ManifestEntry | None] = {}
+
+    def key(self, relpath: str) -> str:
+        return self.target.prefix + relpath
+
+    async def run(self, actions: Sequence[Action], concurrency: int) -> None:
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def one(action: Action) -> None:
+            async with limiter:
+                await self._do(action)
+
+        async with trio.open_nursery() as nursery:
+            for action in actions:
+                nursery.start_soon(one, action)
+        await self._write_manifest()
+
+    async def _do(self, action: Action) -> None:
+        row = self.index.get(action.path)
+        if row is None:
+            return
+        try:
+            match action.op:
+                case Op.UPLOAD:
+                    await self._upload(row)
+                case Op.DELETE_REMOTE:
+                    await self._delete(row)
+                case Op.RECORD:
+                    self.index.upsert(action.path, **columns.local_base(row),
+                                      **columns.remote_base(row))
+                    self.report.recorded += 1
+                case Op.FORGET:
+                    self.index.upsert(action.path, **columns.NO_BASE)
+                case Op.CONFLICT | Op.KEEP_REMOTE:
+                    self.report.conflicts.append((action.path, action.reason))
+        except SourceChanged:
+            self.report.skipped.append((action.path, "changed while being pushed; left for the "
+                                        "next push"))
+        except FileNotFoundError:
+            self.report.skipped.append((action.path, "vanished while being pushed"))
+
+    async def _upload(self, row: Row, create: bool | None = None) -> None:
+        path = row["path"]
+        kind = row["local_kind"]
+        base_etag = row["base_etag"]
+        if create is None:
+            create = row["base_kind"] is None or base_etag is None
+        attrs = columns.attrs_of_local(row)
+        conditions = {"if_none_match": True} if create else {"if_match": base_etag}
+        marker = False
+        try:
+            if kind == Kind.FILE:
+                etag = await self.remote.upload_file(
+                    self.key(path), self.target.path / path, size=row["local_size"],
+                    md5=row["local_md5"], attrs=attrs, progress=self._bytes, **conditions,
+                )
+            elif kind == Kind.SYMLINK:
+                attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=attrs.uid, gid=attrs.gid,
+                              mtime=attrs.mtime)
+                etag = await self.remote.put_bytes(
+                    self.key(path), row["local_target"].encode("utf-8", "surrogateescape"),
+                    attrs=attrs, **conditions,
+                )
+            else:
+                marker = bool(row["remote_marker"]) or self._is_empty_dir(path)
+                etag = None
+                if marker:
+                    etag = await self.remote.put_bytes(
+                        self.key(path) + "/", b"", attrs=attrs, content_type=DIR_CONTENT_TYPE,
+                        **({} if create else conditions),
+                    )
+        except RemoteChanged:
+            if not create and await self.remote.head(self.key(path)) is None:
+                await self._upload(row, create=True)  # deleted remotely: modify beats delete
+                return
+            self.report.conflicts.append((path, "changed on the remote since the last sync; "
+                                          "pull to resolve"))
+            return
+        with self.index.transaction():
+            self.index.upsert(path, **columns.local_base(row),
+                              **columns.remote_written(row, etag, attrs, marker))
+        self.manifest_changes[path] = ManifestEntry(
+            kind=kind, etag=etag, md5=row["local_md5"], size=row["local_size"] or 0,
+            mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
+            owner=columns.user_name(attrs.uid) if attrs.uid is not None else None,
+            group=columns.group_name(attrs.gid) if attrs.gid is not None else None,
+            mtime=attrs.mtime, target=row["local_target"],
+        )
+        if kind != Kind.DIR:
+            self.report.uploaded += 1
+            self.report.uploaded_bytes += row["local_size"] or 0
+            self.progress.advance(files=1)
+
+    def _bytes(self, count: int) -> None:
+        self.progress.advance(size=count)  # called from a transfer thread
+
+    def _is_empty_dir(self, path: str) -> bool:
+        return self.index.count("parent = ? AND local_kind IS NOT NULL", (path,)) == 0
+
+    async def _delete(self, row: Row) -> None:
+        path = row["path"]
+        key = self.key(path) + ("/" if row["base_kind"] == Kind.DIR else "")
+        if row["base_kind"] != Kind.DIR or row["base_etag"]:
+            try:
+                await self.remote.delete(key, if_match=row["base_etag"])
+            except RemoteChanged:
+                if await self.remote.head(key) is not None:
+                    self.report.conflicts.append(
+                        (path, "deleted here but changed on the remote; the remote copy stays")
+                    )
+                    return
+        self.index.upsert(path, **columns.NO_BASE, **columns.NO_REMOTE)
+        self.manifest_changes[path] = None
+        if row["base_kind"] != Kind.DIR:
+            self.report.deleted += 1
+
+    async def _write_manifest(self, attempts: int = 5) -> None:
+        """Merge this run's changes into the manifest, conditionally, retrying on a race."""
+        if not self.manifest_changes:
+            return
+        for _ in range(attempts):
+            entries, etag = await load_manifest(self.remote, self.target)
+            for path, entry in self.manifest_changes.items():
+                if entry is None:
+                    entries.pop(path, None)
+                else:
+                    entries[path] = entry
+            try:
+                await self.remote.put_bytes(
+                    self.target.manifest_key, encode(entries),
+                    content_type="application/gzip",
+                    **({"if_match": etag} if etag else {"if_none_match": True}),
+                )
+                return
+            except RemoteChanged:
+                continue  # another cluster wrote it meanwhile: merge again
+        raise FusesyncError("the manifest kept changing under this push; run push again")

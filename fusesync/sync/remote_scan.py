@@ -1,0 +1,178 @@
+"""Detect, remote side: one paginated LIST of the prefix plus one GET of the manifest.
+
+HEAD only objects whose listed etag differs from their manifest entry (another tool wrote
+them). Keys that could escape the tree or clash are skipped and reported, never recorded.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from fusesync.config import Target
+from fusesync.index import Index
+from fusesync.remote.base import Listed, Remote
+from fusesync.sync import manifest as manifest_codec
+from fusesync.sync.manifest import ManifestEntry
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Kind, md5_etag, unsafe_reason
+
+REMOTE_COLUMNS = (
+    "remote_kind",
+    "remote_etag",
+    "remote_size",
+    "remote_mode",
+    "remote_uid",
+    "remote_gid",
+    "remote_owner",
+    "remote_group",
+    "remote_mtime",
+    "remote_md5",
+    "remote_target",
+    "remote_marker",
+    "remote_gen",
+)
+_HEAD_CONCURRENCY = 16
+
+
+@dataclass
+class RemoteScan:
+    objects: int = 0
+    manifest: dict[str, ManifestEntry] = field(default_factory=dict)
+    manifest_etag: str | None = None
+    heads: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.objects == 0
+
+
+async def load_manifest(remote: Remote, target: Target) -> tuple[dict[str, ManifestEntry], str | None]:
+    got = await remote.get_bytes(target.manifest_key)
+    if got is None:
+        return {}, None
+    data, etag = got
+    return manifest_codec.decode(data), etag
+
+
+def _parents(relpath: str) -> list[str]:
+    parts = relpath.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+async def scan_remote(
+    remote: Remote, target: Target, index: Index, exclude: PathMatcher
+) -> RemoteScan:
+    """Record the remote's current state of every path in `index` (remote_* columns)."""
+    result = RemoteScan()
+    result.manifest, result.manifest_etag = await load_manifest(remote, target)
+    files: dict[str, Listed] = {}
+    markers: dict[str, Listed] = {}
+    prefix = target.prefix
+    async for obj in remote.list(prefix):
+        result.objects += 1
+        rel = obj.key[len(prefix):]
+        is_marker = rel.endswith("/")
+        if is_marker:
+            rel = rel[:-1]
+        why = unsafe_reason(rel)
+        if why:
+            result.skipped.append((obj.key, f"unsafe key ({why})"))
+            continue
+        if exclude.matches(rel, is_marker):
+            continue
+        (markers if is_marker else files)[rel] = obj
+
+    dirs = set(markers)
+    for rel in (*files, *markers):
+        dirs.update(_parents(rel))
+    for rel in sorted(set(files) & dirs):
+        result.skipped.append((prefix + rel, "both a file and a directory"))
+        del files[rel]
+        dirs.discard(rel)
+        for other in [p for p in files if p.startswith(rel + "/")]:
+            result.skipped.append((prefix + other, f"inside '{rel}', which is also a file"))
+            del files[other]
+        dirs = {d for d in dirs if not d.startswith(rel + "/")}
+        markers = {m: o for m, o in markers.items() if m in dirs}
+
+    rows: dict[str, tuple[Any, ...]] = {}
+    foreign: list[tuple[str, Listed]] = []
+    for rel, obj in files.items():
+        entry = result.manifest.get(rel)
+        if entry is not None and entry.etag == obj.etag and entry.kind != Kind.DIR:
+            rows[rel] = _row_from_entry(entry, obj)
+        else:
+            foreign.append((rel, obj))
+    for rel in dirs:
+        entry = result.manifest.get(rel)
+        mode = entry.mode if entry is not None and entry.kind == Kind.DIR else None
+        rows[rel] = (
+            Kind.DIR.value, markers[rel].etag if rel in markers else None, 0,
+            mode or (stat.S_IFDIR | DEFAULT_DIR_MODE),
+            entry.uid if entry else None, entry.gid if entry else None,
+            entry.owner if entry else None, entry.group if entry else None,
+            entry.mtime if entry else None, None, None, int(rel in markers),
+        )
+
+    limiter = trio.CapacityLimiter(_HEAD_CONCURRENCY)
+
+    async def head_one(rel: str, obj: Listed) -> None:
+        async with limiter:
+            row = await _row_from_head(remote, obj)
+        result.heads += 1
+        if row is not None:
+            rows[rel] = row
+
+    async with trio.open_nursery() as nursery:
+        for rel, obj in foreign:
+            nursery.start_soon(head_one, rel, obj)
+
+    gen = int(index.meta("remote_gen") or 0) + 1
+    with index.transaction():
+        index.upsert_many(REMOTE_COLUMNS, ((rel, *row, gen) for rel, row in rows.items()))
+        cleared = dict.fromkeys(REMOTE_COLUMNS[:-2])
+        index.update_where(
+            "remote_gen != ? AND remote_kind IS NOT NULL", (gen,), **cleared, remote_marker=0
+        )
+        index.set_meta("remote_gen", str(gen))
+    return result
+
+
+def _row_from_entry(entry: ManifestEntry, obj: Listed) -> tuple[Any, ...]:
+    kind = Kind(entry.kind) if entry.kind in Kind.__members__.values() else Kind.FILE
+    default = DEFAULT_FILE_MODE if kind == Kind.FILE else 0o777
+    return (
+        kind.value, obj.etag, obj.size, entry.mode or (kind.type_bits | default),
+        entry.uid, entry.gid, entry.owner, entry.group,
+        entry.mtime if entry.mtime is not None else obj.last_modified,
+        entry.md5 or md5_etag(obj.etag), entry.target, 0,
+    )
+
+
+async def _row_from_head(remote: Remote, obj: Listed) -> tuple[Any, ...] | None:
+    """Attributes of an object another tool wrote: its s3fs headers, or defaults."""
+    head = await remote.head(obj.key)
+    if head is None:  # deleted between LIST and HEAD: absent
+        return None
+    attrs = head.attrs
+    mode = attrs.mode
+    kind = Kind.FILE
+    target = None
+    if mode is not None and stat.S_ISLNK(mode):
+        kind = Kind.SYMLINK
+        got = await remote.get_bytes(obj.key)
+        if got is None:
+            return None
+        target = got[0].decode("utf-8", "surrogateescape")
+    elif mode is None or not stat.S_ISREG(mode):
+        mode = stat.S_IFREG | DEFAULT_FILE_MODE
+    return (
+        kind.value, head.etag, head.size, mode, attrs.uid, attrs.gid, None, None,
+        attrs.mtime if attrs.mtime is not None else head.last_modified,
+        md5_etag(head.etag), target, 0,
+    )

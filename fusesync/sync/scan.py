@@ -1,0 +1,178 @@
+"""Detect, local side: walk the target's tree and record what is there in the index.
+
+One stat per path; a file is hashed only when its (size, mtime, ctime, inode, mode) moved
+since the last scan. Blocking: run it in a worker thread. It never changes the tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusesync.index import Index, Row
+from fusesync.sync.localfs import TMP_MARK
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import Kind, join, kind_of
+
+LOCAL_COLUMNS = (
+    "local_kind",
+    "local_size",
+    "local_mtime_ns",
+    "local_ctime_ns",
+    "local_ino",
+    "local_mode",
+    "local_uid",
+    "local_gid",
+    "local_md5",
+    "local_target",
+)
+_ABSENT = (None,) * len(LOCAL_COLUMNS)
+_BATCH = 2000
+
+
+@dataclass
+class ScanResult:
+    paths: int = 0
+    hashed: int = 0
+    hashed_bytes: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    leftovers: list[str] = field(default_factory=list)  # temporary files of an interrupted pull
+
+
+def md5_file(path: str | os.PathLike[str], dir_fd: int | None = None) -> str:
+    """Hex MD5 of a file's content, read without following a final symlink. Blocks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def md5_text(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _stat_unchanged(row: Row, st: os.stat_result) -> bool:
+    return bool(
+        row["local_kind"] == Kind.FILE
+        and row["local_md5"] is not None
+        and row["local_size"] == st.st_size
+        and row["local_mtime_ns"] == st.st_mtime_ns
+        and row["local_ctime_ns"] == st.st_ctime_ns
+        and row["local_ino"] == st.st_ino
+        and row["local_mode"] == st.st_mode
+    )
+
+
+def _same_local(row: Row | None, values: tuple[Any, ...]) -> bool:
+    return row is not None and tuple(row[c] for c in LOCAL_COLUMNS) == values
+
+
+def scan_tree(
+    root: Path,
+    index: Index,
+    exclude: PathMatcher,
+    on_progress: Callable[[int], None] | None = None,
+) -> ScanResult:
+    """Record the current local state of every path under `root` in `index`. Blocks."""
+    result = ScanResult()
+    pending: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        if pending:
+            with index.transaction():
+                index.upsert_many(LOCAL_COLUMNS, pending)
+            pending.clear()
+
+    def mark_absent(relpath: str, row: Row) -> None:
+        pending.append((relpath, *_ABSENT))
+        if row["local_kind"] == Kind.DIR:
+            for below in index.descendants(relpath):
+                if below["local_kind"] is not None:
+                    pending.append((below["path"], *_ABSENT))
+
+    stack = [""]
+    while stack:
+        parent = stack.pop()
+        known = index.children(parent)
+        try:
+            entries = list(os.scandir(root / parent if parent else root))
+        except OSError as exc:
+            result.skipped.append((parent or ".", f"unreadable directory: {exc.strerror}"))
+            continue  # its rows keep their last local state: nothing is taken as deleted
+        seen: set[str] = set()
+        for entry in entries:
+            name = entry.name
+            relpath = join(parent, name)
+            if TMP_MARK in name:
+                result.leftovers.append(relpath)
+                continue
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                result.skipped.append((relpath, "name is not valid UTF-8"))
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished while we looked: absent
+            kind = kind_of(st.st_mode)
+            if kind is None:
+                if not exclude.matches(relpath):
+                    result.skipped.append((relpath, "special file (fifo, socket or device)"))
+                continue
+            if exclude.matches(relpath, kind == Kind.DIR):
+                continue
+            seen.add(name)
+            result.paths += 1
+            row = known.get(name)
+            md5: str | None = None
+            target: str | None = None
+            if kind == Kind.FILE:
+                if row is not None and _stat_unchanged(row, st):
+                    md5 = row["local_md5"]
+                else:
+                    try:
+                        md5 = md5_file(entry.path)
+                    except OSError as exc:
+                        result.skipped.append((relpath, f"unreadable: {exc.strerror}"))
+                        seen.discard(name)
+                        continue
+                    result.hashed += 1
+                    result.hashed_bytes += st.st_size
+            elif kind == Kind.SYMLINK:
+                target = os.readlink(entry.path)
+                md5 = md5_text(target)
+            else:
+                stack.append(relpath)
+            values = (
+                kind.value,
+                st.st_size if kind != Kind.DIR else 0,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_ino,
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                md5,
+                target,
+            )
+            if not _same_local(row, values):
+                pending.append((relpath, *values))
+        for name, row in known.items():
+            if name not in seen and row["local_kind"] is not None:
+                relpath = join(parent, name)
+                if not _excluded_row(exclude, relpath, row):
+                    mark_absent(relpath, row)
+        if len(pending) >= _BATCH:
+            flush()
+        if on_progress:
+            on_progress(result.paths)
+    flush()
+    return result
+
+
+def _excluded_row(exclude: PathMatcher, relpath: str, row: Row) -> bool:
+    return exclude.matches(relpath, row["local_kind"] == Kind.DIR)

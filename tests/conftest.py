@@ -1,0 +1,96 @@
+"""Shared fixtures: one real S3 server per session, a fresh bucket and a sealed-off home per test.
+
+Nothing here may touch the real home directory, the user's AWS settings or real AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from support.seaweed import SeaweedError, SeaweedServer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True)
+class FusesyncEnv:
+    """What a test running the CLI needs to know about the environment it was given."""
+
+    home: Path
+    config_path: Path  # $XDG_CONFIG_HOME/fusesync/config.toml (not created)
+    state_dir: Path  # $XDG_STATE_HOME/fusesync (not created)
+    server: SeaweedServer
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """The session's S3 server; every test that needs it fails (not skips) if it cannot start."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.start()
+    except SeaweedError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: SeaweedServer) -> S3Client:
+    return s3_server.client()
+
+
+@pytest.fixture
+def bucket(s3_server: SeaweedServer) -> str:
+    """A new, empty bucket of its own for each test."""
+    name = f"test-{secrets.token_hex(8)}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def fusesync_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: SeaweedServer,
+    bucket: str,
+) -> FusesyncEnv:
+    """A fresh HOME and XDG dirs, USER=tester and the server's credentials, for this test only.
+
+    The root is apart from `tmp_path`, so a test's own folders never fall inside HOME.
+    """
+    root = tmp_path_factory.mktemp("fusesync-env")
+    home = root / "home"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("FUSESYNC_CONFIG", raising=False)
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(root / "config"),
+        "XDG_STATE_HOME": str(root / "state"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        "XDG_DATA_HOME": str(root / "data"),
+        "USER": "tester",
+        "LOGNAME": "tester",  # getpass.getuser() reads LOGNAME before USER
+        **s3_server.env(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return FusesyncEnv(
+        home=home,
+        config_path=root / "config" / "fusesync" / "config.toml",
+        state_dir=root / "state" / "fusesync",
+        server=s3_server,
+        bucket=bucket,
+    )
