@@ -37,7 +37,10 @@ class FusesyncGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except BaseExceptionGroup as group:  # trio's nurseries wrap what their tasks raise
+                raise first_leaf(group) from group
         except FusesyncError as exc:
             if ctx.params.get("debug"):
                 raise
@@ -51,6 +54,25 @@ class FusesyncGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             _fail(ctx, f"internal error: {exc!r} (run with --debug for the traceback)", 1)
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should hear about: a domain error first, else the first one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (KeyboardInterrupt, FusesyncError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
 
 
 def _fail(ctx: click.Context, message: str, status: int) -> NoReturn:

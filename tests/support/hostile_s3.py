@@ -1,0 +1,110 @@
+"""A deliberately hostile S3 stub: it lists keys no real server would store.
+
+Only for what SeaweedFS cannot be made to do (keys with '..', NUL, empty components).
+It speaks just enough S3 for a pull: ListObjectsV2 (url-encoded keys), HEAD and GET of
+objects, HEAD of the bucket. It listens on 127.0.0.1 only and checks no signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape
+
+
+class HostileS3:
+    def __init__(self, bucket: str, objects: dict[str, bytes]) -> None:
+        self.bucket = bucket
+        self.objects = objects
+        self.requests: list[str] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:  # noqa: N802 - the http.server spelling
+                stub.requests.append(f"HEAD {self.path}")
+                self._object(send_body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                stub.requests.append(f"GET {self.path}")
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                if url.path.rstrip("/") == f"/{stub.bucket}" and "list-type" in query:
+                    self._list(query)
+                else:
+                    self._object(send_body=True)
+
+            def _list(self, query: dict[str, list[str]]) -> None:
+                prefix = query.get("prefix", [""])[0]
+                encode = query.get("encoding-type", [""])[0] == "url"
+                items = []
+                for key in sorted(k for k in stub.objects if k.startswith(prefix)):
+                    shown = urllib.parse.quote(key, safe="/") if encode else escape(key)
+                    etag = hashlib.md5(stub.objects[key]).hexdigest()
+                    items.append(
+                        f"<Contents><Key>{shown}</Key><ETag>&quot;{etag}&quot;</ETag>"
+                        f"<Size>{len(stub.objects[key])}</Size>"
+                        "<LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                        "<StorageClass>STANDARD</StorageClass></Contents>"
+                    )
+                body = (
+                    '<?xml version="1.0" encoding="UTF-8"?>'
+                    '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                    f"<Name>{stub.bucket}</Name><Prefix>{escape(prefix)}</Prefix>"
+                    f"<KeyCount>{len(items)}</KeyCount><MaxKeys>1000</MaxKeys>"
+                    + ("<EncodingType>url</EncodingType>" if encode else "")
+                    + "<IsTruncated>false</IsTruncated>"
+                    + "".join(items)
+                    + "</ListBucketResult>"
+                ).encode()
+                self._send(200, body, {"Content-Type": "application/xml"})
+
+            def _object(self, send_body: bool) -> None:
+                path = urllib.parse.urlsplit(self.path).path
+                if path.rstrip("/") == f"/{stub.bucket}":
+                    self._send(200, b"", {}, send_body)
+                    return
+                key = urllib.parse.unquote(path[len(stub.bucket) + 2:])
+                data = stub.objects.get(key)
+                if data is None:
+                    body = (b'<?xml version="1.0"?><Error><Code>NoSuchKey</Code>'
+                            b"<Message>no such key</Message></Error>")
+                    self._send(404, body, {"Content-Type": "application/xml"}, send_body)
+                    return
+                headers = {
+                    "ETag": f'"{hashlib.md5(data).hexdigest()}"',
+                    "Last-Modified": formatdate(1767225600, usegmt=True),
+                    "Content-Type": "application/octet-stream",
+                }
+                self._send(200, data, headers, send_body)
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str],
+                      send_body: bool = True) -> None:
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @contextmanager
+    def running(self) -> Iterator[HostileS3]:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()
+            thread.join()

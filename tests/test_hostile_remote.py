@@ -1,0 +1,56 @@
+"""A remote that lists keys meant to escape the tree: pull skips and reports each one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from fusesync.cli import cli
+from support.hostile_s3 import HostileS3
+
+PREFIX = "sync/tester/default/"
+LONG_OK = "/".join(["d" * 200] * 4) + "/" + "f" * 150  # over 950 bytes, every part <= 255
+
+HOSTILE = {
+    "../escape": "'..' component",
+    "a/../../up": "'..' component",
+    "./dot": "'.' component",
+    "a//b": "empty component",
+    "/abs": "absolute path",
+    "nul\x00name": "NUL character",
+    "x" * 256: "component longer than 255 bytes",
+    "y" * 1024: "component longer than 255 bytes",
+    "clash": "both a file and a directory",
+    "clash/inner": "inside 'clash', which is also a file",
+}
+
+
+def test_hostile_keys_are_skipped_and_reported(fusesync_env, tmp_path: Path) -> None:
+    objects = {PREFIX + key: b"evil" for key in HOSTILE}
+    objects[PREFIX + "good.txt"] = b"good"
+    objects[PREFIX + LONG_OK] = b"long but fine"
+    stub = HostileS3("hostile-bucket", objects)
+    home = fusesync_env.home
+    outside_before = sorted(p.name for p in home.parent.iterdir())
+    runner = CliRunner()
+    with stub.running():
+        setup = ["setup", "--bucket", "hostile-bucket", "--endpoint-url", stub.endpoint_url,
+                 "--addressing-style", "path"]
+        assert runner.invoke(cli, setup).exit_code == 0
+        result = runner.invoke(cli, ["pull"], catch_exceptions=False)
+    assert result.exit_code == 3, result.output
+    assert (home / "good.txt").read_bytes() == b"good"
+    assert (home / LONG_OK).read_bytes() == b"long but fine"
+    skipped = [line for line in result.output.splitlines() if line.startswith("   skipped: ")]
+    assert len(skipped) == len(HOSTILE), result.output
+    for key, why in HOSTILE.items():
+        shown = PREFIX + key
+        assert any(why in line and shown.replace("\x00", "") [:60] in line.replace("\x00", "")
+                   for line in skipped), (key, result.output)
+    assert sorted(p.name for p in home.parent.iterdir()) == outside_before
+    assert not (home / "clash").exists()
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    assert written == sorted(["good.txt", LONG_OK])
+    assert not any(os.path.lexists(home.parent / name) for name in ("escape", "up", "abs"))

@@ -1,0 +1,330 @@
+"""push and pull between two clusters on one prefix, against the real S3 server."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from syncenv import Cluster, keys, tree_of
+
+SKIP = (".cache",)
+
+
+@pytest.fixture
+def one(tmp_path: Path, fusesync_env) -> Cluster:  # noqa: ARG001 - the env seals off the real home
+    return Cluster(tmp_path / "one", fusesync_env.server, fusesync_env.bucket)
+
+
+@pytest.fixture
+def two(tmp_path: Path, fusesync_env) -> Cluster:
+    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
+
+
+def populate(home: Path) -> None:
+    (home / "jobs").mkdir()
+    job = home / "jobs" / "run.sh"
+    job.write_text("#!/bin/sh\necho hi\n")
+    job.chmod(0o750)
+    os.utime(job, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    (home / "outputs" / "deep" / "er").mkdir(parents=True)
+    (home / "outputs" / "deep" / "er" / "data.bin").write_bytes(os.urandom(70_000))
+    (home / ".bashrc").write_text("alias ll='ls -l'\n")
+    (home / "empty").mkdir()
+    (home / "latest").symlink_to("outputs/deep")
+    (home / "dangling").symlink_to("/nowhere/at/all")
+    (home / "private.txt").write_text("secret-ish")
+    (home / "private.txt").chmod(0o600)
+    (home / ".cache").mkdir()
+    (home / ".cache" / "junk").write_text("excluded by default")
+
+
+def test_push_then_pull_carries_everything(one: Cluster, two: Cluster, s3, fusesync_env) -> None:
+    populate(one.home)
+    result = one.push()
+    lines = result.output.splitlines()
+    assert lines[0] == f" > Synchronizing directory '{one.home}' to s3://{one.bucket}/sync/tester/default"
+    assert lines[1] == "    Permissions ... OK"
+    assert lines[2] == "           Sync ... OK"
+    assert lines[-1].startswith("   6 uploaded (")  # run.sh data.bin .bashrc 2 links private
+    assert ", 0 deleted, 0 conflicts in " in lines[-1]
+
+    two.pull()
+    assert tree_of(two.home, SKIP) == tree_of(one.home, SKIP)
+    assert not (two.home / ".cache").exists()
+    job = two.home / "jobs" / "run.sh"
+    assert job.stat().st_mtime_ns // 1000 == 1_600_000_000_123_456  # microseconds survive
+    assert stat.S_IMODE((two.home / "private.txt").stat().st_mode) == 0o600
+
+    # the remote is plain: keys under the prefix, the manifest beside it, s3fs headers
+    found = keys(s3, one.bucket)
+    prefix = "sync/tester/default/"
+    assert "sync/tester/default.manifest" in found
+    assert all(k.startswith(prefix) for k in found if k != "sync/tester/default.manifest")
+    assert f"{prefix}empty/" in found and f"{prefix}.cache/junk" not in found
+    head = s3.head_object(Bucket=one.bucket, Key=f"{prefix}jobs/run.sh")
+    assert head["Metadata"]["mode"] == str(stat.S_IFREG | 0o750)
+    assert head["Metadata"]["mtime"].startswith("1600000000.123456")
+    assert head["Metadata"]["uid"] == str(os.getuid())
+    link = s3.get_object(Bucket=one.bucket, Key=f"{prefix}latest")
+    assert link["Body"].read() == b"outputs/deep"
+    assert link["Metadata"]["mode"] == str(stat.S_IFLNK | 0o777)
+    marker = s3.head_object(Bucket=one.bucket, Key=f"{prefix}empty/")
+    assert marker["ContentType"] == "application/x-directory"
+
+
+def test_nothing_changed_moves_nothing(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    assert one.push().output.splitlines()[-1].startswith("   0 uploaded (0 B), 0 deleted")
+    two.pull()
+    assert two.pull().output.splitlines()[-1].startswith("   0 downloaded (0 B), 0 deleted")
+    (one.home / ".bashrc").write_text("changed\n")
+    assert one.push().output.splitlines()[-1].startswith("   1 uploaded (8 B)")
+    assert two.pull().output.splitlines()[-1].startswith("   1 downloaded (8 B)")
+    assert (two.home / ".bashrc").read_text() == "changed\n"
+
+
+def test_attribute_only_changes_travel(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / "private.txt").chmod(0o640)
+    os.utime(one.home / ".bashrc", (1_000_000_000, 1_000_000_000))
+    assert one.push().output.splitlines()[-1].startswith("   2 uploaded")
+    two.pull()
+    assert stat.S_IMODE((two.home / "private.txt").stat().st_mode) == 0o640
+    assert (two.home / ".bashrc").stat().st_mtime == 1_000_000_000
+
+
+def test_deletes_travel_and_delete_guard(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / ".bashrc").unlink()
+    one.push()
+    two.pull()
+    assert not (two.home / ".bashrc").exists()
+    # deleting most of the tree is stopped unless allowed
+    for path in ("jobs/run.sh", "private.txt", "latest", "dangling"):
+        (one.home / path).unlink()
+    result = one.cli("push")
+    assert result.exit_code == 1
+    assert "would delete 4 of 5 synced files" in result.output
+    assert "--max-delete 100%" in result.output
+    one.push("--max-delete", "100%")
+    result = two.cli("pull")
+    assert result.exit_code == 1 and "would delete 4 of 5" in result.output
+    assert (two.home / "private.txt").exists()
+    two.pull("--max-delete", "100%")
+    assert not (two.home / "private.txt").exists()
+    assert (two.home / "outputs" / "deep" / "er" / "data.bin").exists()
+
+
+def test_concurrent_edits_give_one_conflict_and_lose_nothing(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / ".bashrc").write_text("from one\n")
+    (two.home / ".bashrc").write_text("from two\n")
+    one.push()
+    result = two.push(status=3)
+    assert "   conflict: .bashrc: changed on the remote since the last sync" in result.output
+    assert result.output.splitlines()[-1].startswith("   0 uploaded (0 B), 0 deleted, 1 conflict ")
+    result = two.pull(status=3)
+    conflicts = [line for line in result.output.splitlines() if "conflict:" in line]
+    assert len(conflicts) == 1, result.output
+    assert (two.home / ".bashrc").read_text() == "from two\n"  # ours stays in place
+    copies = list(two.home.glob(".bashrc.conflict-*"))
+    assert len(copies) == 1
+    assert copies[0].read_text() == "from one\n"
+    assert copies[0].name.startswith(".bashrc.conflict-")
+    two.push()  # our version, and the copy, now go up
+    one.pull()
+    assert (one.home / ".bashrc").read_text() == "from two\n"
+    assert (one.home / copies[0].name).read_text() == "from one\n"
+
+
+def test_same_edit_on_both_sides_is_no_conflict(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    for cluster in (one, two):
+        (cluster.home / ".bashrc").write_text("same\n")
+    one.push()
+    two.pull()
+    assert not list(two.home.glob("*.conflict-*"))
+    result = two.push()
+    assert result.output.splitlines()[-1].startswith("   0 uploaded")
+
+
+def test_delete_here_edit_there_keeps_the_edit(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / "private.txt").unlink()
+    (two.home / "private.txt").write_text("edited on two")
+    one.push()
+    two.pull(status=3)  # reported: deleted there, kept here
+    assert (two.home / "private.txt").read_text() == "edited on two"
+    two.push()
+    one.pull()
+    assert (one.home / "private.txt").read_text() == "edited on two"
+
+
+def test_edit_here_delete_there_on_push_modify_wins(one: Cluster, two: Cluster, s3) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / "private.txt").unlink()
+    one.push()
+    (two.home / "private.txt").write_text("kept by two")
+    two.push()
+    body = s3.get_object(Bucket=one.bucket, Key="sync/tester/default/private.txt")["Body"]
+    assert body.read() == b"kept by two"
+
+
+def test_local_delete_of_remotely_changed_file_keeps_remote(one: Cluster, two: Cluster, s3) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    (one.home / ".bashrc").write_text("newer on one")
+    one.push()
+    (two.home / ".bashrc").unlink()
+    result = two.push(status=3)
+    assert ".bashrc" in result.output and "remote copy stays" in result.output
+    two.pull()
+    assert (two.home / ".bashrc").read_text() == "newer on one"
+
+
+def test_status_json_and_dry_run_change_nothing(one: Cluster, two: Cluster, s3) -> None:
+    populate(one.home)
+    status = one.status_json()
+    assert {a["path"] for a in status["push"] if a["op"] == "upload"} >= {
+        "jobs/run.sh", ".bashrc", "latest", "empty",
+    }
+    result = one.push("--dry-run")
+    assert "   would upload: jobs/run.sh" in result.output
+    assert keys(s3, one.bucket) == []
+    one.push()
+    two_status = two.status_json()
+    assert {a["path"] for a in two_status["pull"] if a["op"] == "fetch"} >= {".bashrc"}
+    two.pull("--dry-run")
+    assert not (two.home / ".bashrc").exists()
+    text = one.cli("status").output
+    assert "in step: nothing to push or pull" in text
+
+
+def test_excluded_paths_are_never_pushed_nor_deleted(one: Cluster, two: Cluster, s3) -> None:
+    populate(one.home)
+    one.push()
+    (two.home / ".cache").mkdir()
+    (two.home / ".cache" / "mine").write_text("local only")
+    two.pull()
+    assert (two.home / ".cache" / "mine").read_text() == "local only"
+    assert not any(".cache" in k for k in keys(s3, one.bucket))
+
+
+def test_data_target_with_custom_excludes(one: Cluster, tmp_path: Path, s3) -> None:
+    data = tmp_path / "data"
+    (data / "build").mkdir(parents=True)
+    (data / "build" / "x.o").write_text("obj")
+    (data / "keep.c").write_text("int main;")
+    (data / "scratch.tmp").write_text("tmp")
+    result = one.cli("add", "data", str(data), "--exclude", "build/", "--exclude", "*.tmp")
+    assert result.exit_code == 0, result.output
+    one.push("data")
+    assert keys(s3, one.bucket, "sync/tester/data/") == ["sync/tester/data/keep.c"]
+
+
+def test_purge(one: Cluster, s3) -> None:
+    populate(one.home)
+    one.push()
+    result = one.cli("purge", "default", input="n\n")
+    assert result.exit_code == 1 and keys(s3, one.bucket)
+    result = one.cli("purge", "default", input="y\n")
+    assert result.output.startswith(
+        f"Purge all files for 'default' at 's3://{one.bucket}/sync/tester/default' (Y/N)? "
+    )
+    assert result.exit_code == 0, result.output
+    assert keys(s3, one.bucket) == []
+    assert (one.home / ".bashrc").exists()
+    one.push()  # everything goes up again
+    assert "sync/tester/default/.bashrc" in keys(s3, one.bucket)
+
+
+def test_empty_remote_listing_deletes_nothing(one: Cluster, two: Cluster) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    assert one.cli("purge", "default", "--yes").exit_code == 0
+    result = two.cli("pull", "--max-delete", "100%")
+    assert result.exit_code == 1
+    assert "is empty but" in result.output and "nothing was deleted" in result.output
+    assert (two.home / ".bashrc").exists()
+
+
+def test_foreign_upload_pulls_with_default_modes(two: Cluster, s3) -> None:
+    # what `aws s3 sync` leaves: plain objects, no fusesync headers, no manifest
+    s3.put_object(Bucket=two.bucket, Key="sync/tester/default/notes/a.txt", Body=b"plain")
+    s3.put_object(Bucket=two.bucket, Key="sync/tester/default/tool", Body=b"#!/bin/sh\n")
+    two.pull()
+    path = two.home / "notes" / "a.txt"
+    assert path.read_bytes() == b"plain"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((two.home / "notes").stat().st_mode) == 0o755
+
+
+def test_remote_setuid_and_root_owner_are_dropped(two: Cluster, s3) -> None:
+    base = "sync/tester/default/"
+    for name, mode in (("suid", 0o104755), ("sgid", 0o102755), ("sticky", 0o101777)):
+        s3.put_object(Bucket=two.bucket, Key=base + name, Body=b"x",
+                      Metadata={"mode": str(mode), "uid": "0", "gid": "0"})
+    two.pull()
+    for name, perm in (("suid", 0o755), ("sgid", 0o755), ("sticky", 0o777)):
+        st = (two.home / name).stat()
+        assert stat.S_IMODE(st.st_mode) == perm, name
+        assert st.st_uid == os.getuid()
+
+
+def test_symlink_in_tree_is_never_followed_by_pull(two: Cluster, s3, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (two.home / "outputs").symlink_to(outside)
+    s3.put_object(Bucket=two.bucket, Key="sync/tester/default/outputs/x", Body=b"evil")
+    s3.put_object(Bucket=two.bucket, Key="sync/tester/default/fine", Body=b"ok")
+    result = two.pull(status=3)
+    assert "outputs" in result.output
+    assert list(outside.iterdir()) == []
+    assert (two.home / "fine").read_bytes() == b"ok"
+
+
+def test_pull_refuses_cleanly_on_bad_remote(one: Cluster, two: Cluster, fusesync_env) -> None:
+    populate(one.home)
+    one.push()
+    two.pull()
+    index = two.state / "default" / "index.db"
+    before = index.read_bytes()
+    cases = [
+        ({"AWS_SECRET_ACCESS_KEY": "wrong"}, "credentials"),
+    ]
+    for env, message in cases:
+        saved = dict(two.env)
+        two.env.update(env)
+        result = two.cli("pull")
+        two.env = saved
+        assert result.exit_code == 1, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+    other = Cluster(two.root.parent / "other", fusesync_env.server, "no-such-bucket-here")
+    result = other.cli("pull")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    other.cli("setup", "--bucket", one.bucket, "--endpoint-url", "http://127.0.0.1:9")
+    started = time.monotonic()
+    result = other.cli("pull")
+    assert result.exit_code == 1 and "cannot reach" in result.output
+    assert time.monotonic() - started < 60
+    assert index.read_bytes() == before
