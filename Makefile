@@ -43,8 +43,10 @@ $(VENV)/.installed: pyproject.toml | system-deps
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip check
 	@command -v hyperfine >/dev/null && command -v s3fs >/dev/null && command -v fio >/dev/null || \
-	    (DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq hyperfine s3fs fio >/dev/null)
+	    ($(SUDO) apt-get update -qq && \
+	     DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq hyperfine s3fs fio >/dev/null)
 	@touch $@
 
 clean:

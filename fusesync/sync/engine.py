@@ -46,25 +46,31 @@ class Engine:
         remote: Remote,
         progress: Progress | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        root_fd: int | None = None,
     ) -> None:
+        """`root_fd`: the target directory, already open (the mount daemon's kept
+        descriptor, beneath its own mount); by default the CLI opens `target.path`."""
         self.target = target
         self.index = index
         self.remote = remote
         self.progress = progress or NoProgress()
         self.concurrency = concurrency
         self.exclude = PathMatcher(target.exclude)
+        self.root_fd = root_fd
 
     # -- detect ----------------------------------------------------------------------
 
-    def _check_tree(self) -> None:
+    def open_tree(self) -> Tree:
+        """The target directory, held open for one run."""
+        if self.root_fd is not None:
+            return Tree(self.root_fd)
         if not self.target.path.is_dir():
             raise FusesyncError(f"directory '{self.target.path}' does not exist")
+        return Tree(self.target.path)
 
     async def scan_local(self) -> ScanResult:
-        self._check_tree()
-        return await trio.to_thread.run_sync(
-            scan_tree, self.target.path, self.index, self.exclude
-        )
+        with self.open_tree() as tree:
+            return await trio.to_thread.run_sync(scan_tree, tree.fd, self.index, self.exclude)
 
     async def scan_remote(self) -> RemoteScan:
         return await scan_remote(self.remote, self.target, self.index, self.exclude)
@@ -158,7 +164,7 @@ class Engine:
             sum(1 for a in actions if a.op == Op.FETCH and a.kind != Kind.DIR),
             sum(a.size for a in actions if a.op in (Op.FETCH, Op.CONFLICT)),
         )
-        with Tree(self.target.path) as tree:
+        with self.open_tree() as tree:
             for leftover in scan.leftovers:
                 await trio.to_thread.run_sync(tree.remove_leftover, leftover)
             puller = Puller(self.target, self.index, self.remote, tree, report, self.progress)

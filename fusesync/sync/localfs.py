@@ -43,9 +43,9 @@ class Owner:
 class Tree:
     """The target's directory, held open; paths are relative to it."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = os.fspath(root)
-        self.fd = os.open(self.root, _DIR_FLAGS)
+    def __init__(self, root: str | os.PathLike[str] | int) -> None:
+        """Open `root`, or take a duplicate of an already open directory descriptor."""
+        self.fd = os.dup(root) if isinstance(root, int) else os.open(root, _DIR_FLAGS)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -10,7 +10,6 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fusesync.index import Index, Row
@@ -32,6 +31,7 @@ LOCAL_COLUMNS = (
 )
 _ABSENT = (None,) * len(LOCAL_COLUMNS)
 _BATCH = 2000
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -70,13 +70,29 @@ def _same_local(row: Row | None, values: tuple[Any, ...]) -> bool:
     return row is not None and tuple(row[c] for c in LOCAL_COLUMNS) == values
 
 
+def open_dir(root_fd: int, relpath: str) -> int:
+    """A descriptor of directory `relpath` under `root_fd`, never through a symlink."""
+    fd = os.dup(root_fd)
+    for part in relpath.split("/") if relpath else ():
+        try:
+            next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+    return fd
+
+
 def scan_tree(
-    root: Path,
+    root_fd: int,
     index: Index,
     exclude: PathMatcher,
     on_progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
-    """Record the current local state of every path under `root` in `index`. Blocks."""
+    """Record the current state of every path under the directory `root_fd` in `index`.
+
+    Works through descriptors only, so the mount daemon can scan the directory its own
+    mount covers. Blocks.
+    """
     result = ScanResult()
     pending: list[tuple[Any, ...]] = []
 
@@ -98,8 +114,14 @@ def scan_tree(
         parent = stack.pop()
         known = index.children(parent)
         try:
-            entries = list(os.scandir(root / parent if parent else root))
+            dir_fd = open_dir(root_fd, parent)
         except OSError as exc:
+            result.skipped.append((parent, f"unreadable directory: {exc.strerror}"))
+            continue
+        try:
+            entries = list(os.scandir(dir_fd))
+        except OSError as exc:
+            os.close(dir_fd)
             result.skipped.append((parent or ".", f"unreadable directory: {exc.strerror}"))
             continue  # its rows keep their last local state: nothing is taken as deleted
         seen: set[str] = set()
@@ -135,7 +157,7 @@ def scan_tree(
                     md5 = row["local_md5"]
                 else:
                     try:
-                        md5 = md5_file(entry.path)
+                        md5 = md5_file(name, dir_fd=dir_fd)
                     except OSError as exc:
                         result.skipped.append((relpath, f"unreadable: {exc.strerror}"))
                         seen.discard(name)
@@ -143,7 +165,7 @@ def scan_tree(
                     result.hashed += 1
                     result.hashed_bytes += st.st_size
             elif kind == Kind.SYMLINK:
-                target = os.readlink(entry.path)
+                target = os.readlink(name, dir_fd=dir_fd)
                 md5 = md5_text(target)
             else:
                 stack.append(relpath)
@@ -161,6 +183,7 @@ def scan_tree(
             )
             if not _same_local(row, values):
                 pending.append((relpath, *values))
+        os.close(dir_fd)
         for name, row in known.items():
             if name not in seen and row["local_kind"] is not None:
                 relpath = join(parent, name)

@@ -1,0 +1,82 @@
+"""The local scan: one stat per path, a hash only when the stat moved, nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from fusesync.index import Index
+from fusesync.sync.localfs import Tree
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.scan import ScanResult, scan_tree
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    return Index(tmp_path / "state" / "index.db")
+
+
+def scan(root: Path, index: Index, exclude: tuple[str, ...] = ()) -> ScanResult:
+    with Tree(root) as tree:
+        return scan_tree(tree.fd, index, PathMatcher(exclude))
+
+
+def test_scan_records_kinds_and_hashes_only_what_moved(tmp_path: Path, index: Index) -> None:
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f.txt").write_text("hello")
+    (root / "link").symlink_to("a/b")
+    os.mkfifo(root / "pipe")
+    first = scan(root, index)
+    assert first.hashed == 1
+    assert ("pipe", "special file (fifo, socket or device)") in first.skipped
+    row = index.require("a/b/f.txt")
+    assert row["local_kind"] == "file"
+    assert row["local_md5"] == hashlib.md5(b"hello").hexdigest()
+    assert index.require("link")["local_target"] == "a/b"
+    assert index.require("a")["local_kind"] == "dir"
+
+    again = scan(root, index)
+    assert again.hashed == 0 and again.paths == first.paths
+
+    (root / "a" / "b" / "f.txt").write_text("changed")
+    assert scan(root, index).hashed == 1
+
+
+def test_scan_marks_removed_subtrees_absent(tmp_path: Path, index: Index) -> None:
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f.txt").write_text("x")
+    scan(root, index)
+    (root / "a" / "b" / "f.txt").unlink()
+    (root / "a" / "b").rmdir()
+    (root / "a").rmdir()
+    scan(root, index)
+    for path in ("a", "a/b", "a/b/f.txt"):
+        assert index.require(path)["local_kind"] is None
+
+
+def test_scan_skips_excluded_and_leftovers(tmp_path: Path, index: Index) -> None:
+    root = tmp_path / "tree"
+    (root / ".cache").mkdir(parents=True)
+    (root / ".cache" / "x").write_text("x")
+    (root / ".f.fusesync-tmp-abcd").write_text("partial")
+    result = scan(root, index, (".cache/",))
+    assert index.get(".cache") is None and index.get(".cache/x") is None
+    assert result.leftovers == [".f.fusesync-tmp-abcd"]
+    assert index.get(".f.fusesync-tmp-abcd") is None
+
+
+def test_scan_never_follows_a_symlinked_directory(tmp_path: Path, index: Index) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    (root / "out").symlink_to(outside)
+    scan(root, index)
+    assert index.get("out/secret") is None
+    assert index.require("out")["local_kind"] == "symlink"
