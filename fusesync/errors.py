@@ -64,6 +64,22 @@ class RemoteChanged(RemoteError):
     errno = _errno.ESTALE
 
 
+class RemoteNotFound(RemoteError):
+    """The object is not (or no longer) on the remote."""
+
+    errno = _errno.ENOENT
+
+
+class BucketNotFound(RemoteError):
+    """The configured bucket does not exist (or the endpoint says so)."""
+
+
+class SourceChanged(FusesyncError):
+    """A local file changed between being hashed and being uploaded; push it again later."""
+
+    errno = _errno.EAGAIN
+
+
 class IntegrityError(FusesyncError):
     """Data read back does not verify (a truncated, corrupted or reordered object)."""
 

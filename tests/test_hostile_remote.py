@@ -33,7 +33,6 @@ def test_hostile_keys_are_skipped_and_reported(fusesync_env, tmp_path: Path) -> 
     objects[PREFIX + LONG_OK] = b"long but fine"
     stub = HostileS3("hostile-bucket", objects)
     home = fusesync_env.home
-    outside_before = sorted(p.name for p in home.parent.iterdir())
     runner = CliRunner()
     with stub.running():
         setup = ["setup", "--bucket", "hostile-bucket", "--endpoint-url", stub.endpoint_url,
@@ -49,7 +48,9 @@ def test_hostile_keys_are_skipped_and_reported(fusesync_env, tmp_path: Path) -> 
         shown = PREFIX + key
         assert any(why in line and shown.replace("\x00", "") [:60] in line.replace("\x00", "")
                    for line in skipped), (key, result.output)
-    assert sorted(p.name for p in home.parent.iterdir()) == outside_before
+    # beside HOME: only fusesync's own config and state folders, nothing the remote named
+    assert {p.name for p in home.parent.iterdir()} <= {"home", "config", "state"}
+    assert not os.path.lexists("/abs")
     assert not (home / "clash").exists()
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
     assert written == sorted(["good.txt", LONG_OK])

@@ -108,10 +108,10 @@ class Tree:
         with self.parent_dir(relpath, create=True) as (dfd, name):
             name = final_name or name
             tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dfd)
             try:
-                with os.fdopen(fd, "wb", closefd=False) as f:
+                with os.fdopen(fd, "w+b", closefd=False) as f:
                     fill(f)
                     f.flush()
                 _apply(fd, mode, mtime_ns, owner)

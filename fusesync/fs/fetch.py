@@ -1,0 +1,219 @@
+"""Lazy fetch: a remote-only file is downloaded into the underlying tree on first open.
+
+The object streams into a temporary file beside its final name and a read waits only
+until its own range has arrived. On success the file is verified, given the remote's
+mode, owner and mtime, fsynced and renamed into place (never over something local), and
+its row records the new base. On failure the temporary file is removed, one line goes to
+the log and waiting reads fail: no partial file ever stands at the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import logging
+import os
+import secrets
+import threading
+
+import trio
+
+from fusesync.errors import FusesyncError, RemoteChanged, RemoteNotFound
+from fusesync.fs.dirs import RENAME_NOREPLACE, renameat2
+from fusesync.fs.journal import Journal
+from fusesync.fs.nodes import Node
+from fusesync.index import Row
+from fusesync.remote.base import Remote
+from fusesync.sync.localfs import TMP_MARK, local_ids
+from fusesync.sync.model import SPECIAL_BITS
+from fusesync.sync.pull import remote_mtime_ns, remote_owner
+
+log = logging.getLogger("fusesync.mount")
+
+
+class FetchFailed(FusesyncError):
+    """The download of a remote-only file failed; the path stays remote-only."""
+
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class Fetch:
+    """One download in flight: which byte ranges have arrived, and who waits for which."""
+
+    def __init__(self, path: str, size: int, dir_fd: int, tmp: str, fd: int) -> None:
+        self.path = path
+        self.size = size
+        self.dir_fd = dir_fd  # our own duplicate: the temporary file's directory
+        self.tmp = tmp
+        self.fd = fd  # the temporary file, read and written by offset
+        self.done = trio.Event()
+        self.error: FetchFailed | None = None
+        self._lock = threading.Lock()  # ranges are added from transfer threads
+        self._ranges: list[tuple[int, int]] = []
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+
+    def arrived(self, start: int, end: int) -> None:
+        """Bytes [start, end) are in the temporary file (called from any thread)."""
+        with self._lock:
+            merged: list[tuple[int, int]] = []
+            for s, e in sorted([*self._ranges, (start, end)]):
+                if merged and s <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+                else:
+                    merged.append((s, e))
+            self._ranges = merged
+
+    def has(self, start: int, end: int) -> bool:
+        end = min(end, self.size)
+        if start >= end:
+            return True
+        with self._lock:
+            return any(s <= start and end <= e for s, e in self._ranges)
+
+    def wake(self, _count: int = 0) -> None:
+        """Let every read whose range has arrived go on (trio thread)."""
+        still = []
+        for start, end, event in self._waiters:
+            if self.done.is_set() or self.has(start, end):
+                event.set()
+            else:
+                still.append((start, end, event))
+        self._waiters = still
+
+    async def wait_range(self, start: int, end: int) -> None:
+        """Return once [start, end) can be read; raise FetchFailed if it never will."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.done.is_set() or self.has(start, end):
+                return
+            event = trio.Event()
+            self._waiters.append((start, end, event))
+            await event.wait()
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _RangeWriter(io.RawIOBase):
+    """The file object the remote writes into: positional writes, each one recorded."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        super().__init__()
+        self._fetch = fetch
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._pos
+        elif whence == os.SEEK_END:
+            offset += os.fstat(self._fetch.fd).st_size
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        written = os.pwrite(self._fetch.fd, data, self._pos)
+        self._fetch.arrived(self._pos, self._pos + written)
+        self._pos += written
+        return written
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        os.ftruncate(self._fetch.fd, size)
+        return size
+
+
+class Fetcher:
+    """Starts and tracks the downloads of remote-only files into the tree."""
+
+    def __init__(
+        self, remote: Remote, prefix: str, journal: Journal, nursery: trio.Nursery
+    ) -> None:
+        self.remote = remote
+        self.prefix = prefix
+        self.journal = journal
+        self.nursery = nursery
+        self.active: dict[Node, Fetch] = {}
+
+    def start(self, node: Node, row: Row, dir_fd: int, name: str) -> Fetch:
+        """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once."""
+        running = self.active.get(node)
+        if running is not None:
+            return running
+        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        fetch = Fetch(row["path"], row["remote_size"] or 0, os.dup(dir_fd), tmp, fd)
+        self.active[node] = fetch
+        self.nursery.start_soon(self._run, node, fetch, row, name)
+        return fetch
+
+    async def _run(self, node: Node, fetch: Fetch, row: Row, name: str) -> None:
+        placed = False
+        try:
+            await self.remote.download_file(
+                self.prefix + row["path"], _RangeWriter(fetch), if_match=row["remote_etag"],
+                progress=fetch.wake,
+            )
+            fetch.arrived(0, fetch.size)
+            fetch.wake()
+            md5 = await trio.to_thread.run_sync(_seal, fetch, row)
+            renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
+            placed = True
+            self.journal.fetched(row, os.fstat(fetch.fd), md5)
+        except (FusesyncError, OSError) as exc:
+            code = errno.ESTALE if isinstance(exc, RemoteChanged | RemoteNotFound) else errno.EIO
+            if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
+                message = "a local file appeared at its path meanwhile"
+            else:
+                message = str(exc)
+            log.error("fetch of '%s' failed: %s", fetch.path, message)
+            fetch.error = FetchFailed(f"cannot fetch '{fetch.path}': {message}", code)
+        finally:
+            if not placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(fetch.tmp, dir_fd=fetch.dir_fd)
+            os.close(fetch.fd)
+            os.close(fetch.dir_fd)
+            self.active.pop(node, None)
+            fetch.done.set()
+            fetch.wake()
+
+
+def _seal(fetch: Fetch, row: Row) -> str:
+    """Verify the download, give it the remote's attributes, fsync it. Blocks."""
+    digest = hashlib.md5()
+    offset = 0
+    while chunk := os.pread(fetch.fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    md5 = digest.hexdigest()
+    if offset != fetch.size:
+        raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
+    if row["remote_md5"] and md5 != row["remote_md5"]:
+        raise FetchFailed("downloaded data does not match its MD5")
+    if os.geteuid() == 0:
+        uid, gid = local_ids(remote_owner(row))
+        if uid is not None or gid is not None:
+            os.fchown(fetch.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.fchmod(fetch.fd, (row["remote_mode"] or 0o644) & 0o7777 & ~SPECIAL_BITS)
+    mtime_ns = remote_mtime_ns(row)
+    if mtime_ns is not None:
+        os.utime(fetch.fd, ns=(mtime_ns, mtime_ns))
+    os.fsync(fetch.fd)
+    return md5

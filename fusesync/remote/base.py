@@ -1,0 +1,208 @@
+"""The Remote protocol the sync engine talks to, and the plain records it returns.
+
+Keys are always full keys in the bucket. Nothing here does I/O; implementations translate
+their own errors into fusesync.errors and never let a transport exception escape.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+# s3fs-fuse's attribute headers, without the x-amz-meta- prefix boto3 strips.
+MODE, UID, GID, MTIME = "mode", "uid", "gid", "mtime"
+DIR_CONTENT_TYPE = "application/x-directory"
+_ID_LIMIT = 1 << 32
+
+Progress = Callable[[int], None]
+"""Called with a number of bytes just transferred (never the running total)."""
+
+
+def format_mtime(mtime: float) -> str:
+    """Seconds with exactly nine fractional digits, or none when whole.
+
+    s3fs-fuse reads the digits after the dot as an integer count of nanoseconds, so
+    "…0.5" would mean 5 ns to it: the fraction must always be written padded to nine.
+    """
+    sec = math.floor(mtime)
+    nsec = round((mtime - sec) * 1e9)
+    if nsec >= 1_000_000_000:
+        sec, nsec = sec + 1, nsec - 1_000_000_000
+    return str(sec) if nsec == 0 else f"{sec}.{nsec:09d}"
+
+
+def parse_mtime(value: str | None) -> float | None:
+    """Decimal seconds, with or without a fraction (fusesync, s3fs, rclone); else None."""
+    if value is None:
+        return None
+    text = value.strip()
+    head, _, frac = text.partition(".")
+    if not head.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+        return None
+    try:
+        parsed = float(text)
+    except ValueError:
+        return None
+    return parsed if math.isfinite(parsed) else None
+
+
+def _parse_id(value: str | None) -> int | None:
+    """A non-negative 32-bit decimal (mode, uid, gid); anything else is None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        return None
+    number = int(text)
+    return number if number < _ID_LIMIT else None
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """A file's attributes as s3fs-fuse stores them in object metadata."""
+
+    mode: int | None = None  # full st_mode, type bits included; stored in decimal
+    uid: int | None = None
+    gid: int | None = None
+    mtime: float | None = None  # seconds since the epoch, may carry a fraction
+
+    def to_metadata(self) -> dict[str, str]:
+        md: dict[str, str] = {}
+        if self.mode is not None:
+            md[MODE] = str(self.mode)
+        if self.uid is not None:
+            md[UID] = str(self.uid)
+        if self.gid is not None:
+            md[GID] = str(self.gid)
+        if self.mtime is not None:
+            md[MTIME] = format_mtime(self.mtime)
+        return md
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, str]) -> Attrs:
+        """Tolerant: a missing or malformed value becomes None, never an error."""
+        lowered = {k.lower(): v for k, v in md.items()}
+        return cls(
+            mode=_parse_id(lowered.get(MODE)),
+            uid=_parse_id(lowered.get(UID)),
+            gid=_parse_id(lowered.get(GID)),
+            mtime=parse_mtime(lowered.get(MTIME)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One entry of a listing: what LIST tells without a HEAD."""
+
+    key: str
+    etag: str  # without the quotes S3 puts around it
+    size: int
+    last_modified: float  # seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """An object's headers: what HEAD (or the start of a GET) tells."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: float
+    attrs: Attrs
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # every x-amz-meta-*, unprefixed
+
+
+class Remote(Protocol):
+    """An object store holding the targets' objects, as the sync engine uses it.
+
+    Every method is async and safe to call from many tasks at once. Errors are
+    fusesync.errors: RemoteChanged for a failed precondition (412), RemoteNotFound for a
+    missing object where the method says so, RemoteError for everything else the store
+    says, SourceChanged when a local file no longer matches the hash it was sent with.
+    """
+
+    @property
+    def bucket(self) -> str: ...
+
+    async def bucket_exists(self) -> bool: ...
+
+    async def create_bucket(self) -> None:
+        """Create the bucket; one that already exists and is ours is fine."""
+
+    def list(self, prefix: str) -> AsyncIterator[Listed]:
+        """Every key under `prefix`, in the store's (lexicographic) order, page by page."""
+        ...
+
+    async def head(self, key: str) -> Head | None:
+        """The object's headers, or None when it does not exist."""
+
+    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        """(body, etag) of a small object, or None when it does not exist."""
+
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        attrs: Attrs | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write a small object in one request; returns its etag."""
+        ...
+
+    async def upload_file(
+        self,
+        key: str,
+        path: os.PathLike[str] | str,
+        *,
+        size: int,
+        md5: str | None,
+        attrs: Attrs | None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        progress: Progress | None = None,
+    ) -> str:
+        """Stream a local file to `key`; returns the new etag.
+
+        `size` and `md5` (hex) are what the caller saw when it hashed the file: a file
+        that no longer matches them raises SourceChanged and leaves the remote as it was.
+        """
+        ...
+
+    async def download_file(
+        self,
+        key: str,
+        dest: BinaryIO,
+        *,
+        if_match: str | None = None,
+        progress: Progress | None = None,
+    ) -> Head:
+        """Write the object's bytes at offsets 0..size of `dest` and truncate it there.
+
+        Raises RemoteNotFound when the object is gone and RemoteChanged when it is not the
+        `if_match` version (or changed while being read).
+        """
+        ...
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete one object; a missing one is fine, another version is RemoteChanged."""
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete many objects, missing ones included, in as few requests as allowed."""
+
+    async def abort_multipart_uploads(self, prefix: str, *, older_than: float = 0.0) -> int:
+        """Abort the unfinished multipart uploads under `prefix` started more than
+        `older_than` seconds ago (0: all of them); returns how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the remote must not be used afterwards."""
