@@ -334,9 +334,12 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
             "target": target.name, "path": str(target.path), "url": target.url,
             "push": rows(result.push), "pull": rows(result.pull),
             "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            "notes": result.notes,
         }, indent=2))
         return
     click.echo(f" > Status of '{target.name}': {target.path} <-> {target.url}")
+    for note in result.notes:
+        click.echo(f"   note: {note}")
     if not (result.push or result.pull or result.skipped):
         click.echo("   in step: nothing to push or pull")
     for action in result.push:

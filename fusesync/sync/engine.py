@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import FusesyncError, SafetyStop
+from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop
 from fusesync.index import Index, Row
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
@@ -34,6 +34,7 @@ class Status:
     push: list[Action] = field(default_factory=list)
     pull: list[Action] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -174,7 +175,13 @@ class Engine:
         return report.done()
 
     async def status(self) -> Status:
-        listing = await self.scan_remote()
+        try:
+            listing = await self.scan_remote()
+        except BucketNotFound:  # nothing pushed yet: push will create the bucket
+            scan = await self.scan_local()
+            return Status(push=self.plan_push(remote_listed=False), skipped=scan.skipped,
+                          notes=[f"bucket '{self.remote.bucket}' does not exist yet; "
+                                 "push creates it"])
         scan = await self.scan_local()
         return Status(
             push=self.plan_push(remote_listed=True),
