@@ -15,15 +15,21 @@ import trio
 from fusesync.config import Target
 from fusesync.errors import FusesyncError, RemoteChanged, SourceChanged
 from fusesync.index import Index, Row
-from fusesync.remote.base import Attrs, Remote
+from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
 from fusesync.sync.manifest import ManifestEntry, encode
-from fusesync.sync.model import Kind
+from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.remote_scan import load_manifest
 from fusesync.sync.report import Progress, Report
 
-DIR_CONTENT_TYPE = "application/x-directory"
+CONTENT_MD5_META = "fusesync-md5"
+"""Our content MD5, kept on each file object: a multipart etag is no MD5 of the content."""
+
+
+def _holds(head: Head, md5: str | None) -> bool:
+    """Whether a remote object holds exactly the content whose MD5 is `md5`."""
+    return md5 is not None and md5 in (md5_etag(head.etag), head.metadata.get(CONTENT_MD5_META))
 
 
 class Pusher:
@@ -91,7 +97,8 @@ class Pusher:
             if kind == Kind.FILE:
                 etag = await self.remote.upload_file(
                     self.key(path), self.target.path / path, size=row["local_size"],
-                    md5=row["local_md5"], attrs=attrs, progress=self._bytes, **conditions,
+                    md5=row["local_md5"], attrs=attrs, progress=self._bytes,
+                    metadata={CONTENT_MD5_META: row["local_md5"]}, **conditions,
                 )
             elif kind == Kind.SYMLINK:
                 attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=attrs.uid, gid=attrs.gid,
@@ -109,12 +116,17 @@ class Pusher:
                         **({} if create else conditions),
                     )
         except RemoteChanged:
-            if not create and await self.remote.head(self.key(path)) is None:
+            head = await self.remote.head(self.key(path))
+            if head is None and not create:
                 await self._upload(row, create=True)  # deleted remotely: modify beats delete
                 return
-            self.report.conflicts.append((path, "changed on the remote since the last sync; "
-                                          "pull to resolve"))
-            return
+            if head is None or not _holds(head, row["local_md5"]):
+                self.report.conflicts.append((path, "changed on the remote since the last "
+                                              "sync; pull to resolve"))
+                return
+            # The remote already holds this content: our own write whose row a killed run
+            # never recorded, or the same edit made elsewhere. Either way, it is the base.
+            etag, attrs = head.etag, head.attrs
         with self.index.transaction():
             self.index.upsert(path, **columns.local_base(row),
                               **columns.remote_written(row, etag, attrs, marker))

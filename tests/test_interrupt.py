@@ -1,0 +1,101 @@
+"""kill -9 a push and a pull half-way, for real; running again finishes the job."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusesync.sync.localfs import TMP_MARK
+from syncenv import Cluster, keys, tree_of
+
+
+@pytest.fixture
+def one(tmp_path: Path, fusesync_env) -> Cluster:
+    return Cluster(tmp_path / "one", fusesync_env.server, fusesync_env.bucket)
+
+
+@pytest.fixture
+def two(tmp_path: Path, fusesync_env) -> Cluster:
+    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
+
+
+def many_files(home: Path, count: int = 400) -> None:
+    for i in range(count):
+        folder = home / f"d{i % 10}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{i}.txt").write_bytes(os.urandom(2000 + i))
+    (home / "big.bin").write_bytes(os.urandom(40 << 20))  # multipart
+
+
+def start(cluster: Cluster, verb: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fusesync.cli", verb, "--max-delete", "100%"],
+        env={**os.environ, **cluster.env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def kill_when(proc: subprocess.Popen[bytes], ready, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+        assert time.monotonic() < deadline, "the run never got half-way"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_push_killed_half_way_then_finished(one: Cluster, s3) -> None:
+    many_files(one.home)
+    proc = start(one, "push")
+    kill_when(proc, lambda: len(keys(s3, one.bucket)) >= 50)
+    assert len(keys(s3, one.bucket)) < 400  # really half-way
+    one.push()
+    prefix = "sync/tester/default/"
+    local = {k: v for k, v in tree_of(one.home).items() if v[0] == "file"}
+    remote = {k[len(prefix):] for k in keys(s3, one.bucket) if k.startswith(prefix)}
+    assert set(local) == {k for k in remote if not k.endswith("/")}
+    for rel in ("big.bin", "d3/f3.txt"):
+        body = s3.get_object(Bucket=one.bucket, Key=prefix + rel)["Body"].read()
+        assert hashlib.md5(body).digest() == hashlib.md5((one.home / rel).read_bytes()).digest()
+    assert s3.list_multipart_uploads(Bucket=one.bucket).get("Uploads", []) == []
+    assert one.push().output.splitlines()[-1].startswith("   0 uploaded")
+
+
+def test_pull_killed_half_way_leaves_no_partial_file(one: Cluster, two: Cluster) -> None:
+    many_files(one.home)
+    one.push()
+    proc = start(two, "pull")
+    kill_when(proc, lambda: sum(1 for _ in two.home.rglob("*.txt")) >= 50)
+    source = tree_of(one.home)
+    for path in two.home.rglob("*"):
+        rel = path.relative_to(two.home).as_posix()
+        if path.is_file() and TMP_MARK not in path.name:
+            assert path.read_bytes() == source[rel][2], f"partial file at {rel}"
+    two.pull()
+    assert tree_of(two.home) == source
+    assert not [p for p in two.home.rglob("*") if TMP_MARK in p.name]
+
+
+def test_second_run_on_a_busy_target_fails_clearly(one: Cluster) -> None:
+    many_files(one.home, count=50)
+    proc = start(one, "push")
+    lock = one.state / "default" / "lock"
+    try:
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().startswith("push")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        result = one.cli("pull")
+        assert result.exit_code == 1
+        assert f"target 'default' is busy: push running as pid {proc.pid}" in result.output
+    finally:
+        proc.kill()
+        proc.wait()
