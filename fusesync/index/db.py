@@ -7,6 +7,7 @@ time: whichever thread holds the target's lock and is running the engine's curre
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,6 +179,35 @@ class Index:
             "AND remote_kind IS NULL AND dirty = 0"
         )
         return cursor.rowcount
+
+
+class RowWriter:
+    """Confirmed row changes, written together: one transaction per batch, not per row.
+
+    Transfers finish on worker threads by the thousand; a commit each would keep the
+    event loop's thread waiting for the GIL. A run killed before a flush loses only
+    bookkeeping: the next run finds the same content on both sides and records it.
+    """
+
+    def __init__(self, index: Index, size: int = 256, seconds: float = 1.0) -> None:
+        self.index = index
+        self.size = size
+        self.seconds = seconds
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._last = time.monotonic()
+
+    def put(self, path: str, **columns: Any) -> None:
+        self._pending.append((path, columns))
+        if len(self._pending) >= self.size or time.monotonic() - self._last > self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            with self.index.transaction():
+                for path, columns in self._pending:
+                    self.index.upsert(path, **columns)
+            self._pending.clear()
+        self._last = time.monotonic()
 
 
 def _statements(script: str) -> Iterator[str]:

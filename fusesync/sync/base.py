@@ -7,6 +7,7 @@ values that the push and pull executors write once the remote or the tree has an
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from fusesync.index import Row
@@ -38,7 +39,7 @@ NO_REMOTE: dict[str, Any] = {
 }
 
 
-def local_base(row: Row) -> dict[str, Any]:
+def local_base(row: Row | Mapping[str, Any]) -> dict[str, Any]:
     """Base columns saying: the local side is as the last scan saw it."""
     kind = row["local_kind"]
     uid, gid = row["local_uid"], row["local_gid"]

@@ -6,7 +6,7 @@ with the base B, and say what push or pull must do. Nothing here changes anythin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from fusesync.index import Row
@@ -39,6 +39,7 @@ class Action:
     kind: str | None  # the kind the action writes or removes
     size: int = 0
     reason: str = ""
+    row: Row | None = field(default=None, compare=False, repr=False)  # as planned
 
 
 def local_side(row: Row) -> Side:
@@ -88,6 +89,17 @@ def same_content(row: Row) -> bool:
 def plan_push(row: Row, remote_listed: bool) -> Action | None:
     """What push does for this row. Without a listing, R is assumed to be the base and
     the conditional writes find out otherwise."""
+    action = _plan_push(row, remote_listed)
+    return replace(action, row=row) if action else None
+
+
+def plan_pull(row: Row) -> Action | None:
+    """What pull does for this row (the remote has just been listed)."""
+    action = _plan_pull(row)
+    return replace(action, row=row) if action else None
+
+
+def _plan_push(row: Row, remote_listed: bool) -> Action | None:
     local = local_side(row)
     remote = remote_side(row) if remote_listed else (
         Side.SAME if row["base_kind"] is not None else Side.ABSENT
@@ -113,8 +125,7 @@ def plan_push(row: Row, remote_listed: bool) -> Action | None:
     return None
 
 
-def plan_pull(row: Row) -> Action | None:
-    """What pull does for this row (the remote has just been listed)."""
+def _plan_pull(row: Row) -> Action | None:
     local = local_side(row)
     remote = remote_side(row)
     path = row["path"]

@@ -18,7 +18,7 @@ import trio
 
 from fusesync.config import Target
 from fusesync.errors import IntegrityError, RemoteChanged
-from fusesync.index import Index, Row
+from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
 from fusesync.sync.localfs import LocalChanged, Owner, Tree, UnsafePath, Version
@@ -67,8 +67,15 @@ class Puller:
         self.report = report
         self.progress = progress
         self._disk = trio.CapacityLimiter(8)
+        self.rows = RowWriter(index)
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
+        try:
+            await self._run(actions, concurrency)
+        finally:
+            self.rows.flush()  # what was confirmed is recorded, even when the run fails
+
+    async def _run(self, actions: Sequence[Action], concurrency: int) -> None:
         dirs = sorted(
             (a for a in actions if a.op == Op.FETCH and a.kind == Kind.DIR), key=lambda a: a.path
         )
@@ -94,9 +101,8 @@ class Puller:
             await self._guarded(action, self._make_dir, final=True)
 
     async def _guarded(self, action: Action, step, **kw) -> None:  # type: ignore[no-untyped-def]
-        row = self.index.get(action.path)
-        if row is None:
-            return
+        row = action.row
+        assert row is not None, "plans carry their rows"
         try:
             await step(action, row, **kw)
         except (LocalChanged, UnsafePath) as exc:
@@ -117,14 +123,13 @@ class Puller:
             await self._fetch(row, expect=local_version(row))
 
     def _record(self, action: Action) -> None:
-        row = self.index.get(action.path)
-        if row is None:
-            return
+        row = action.row
+        assert row is not None, "plans carry their rows"
         if action.op == Op.RECORD:
-            self.index.upsert(action.path, **columns.local_base(row), **columns.remote_base(row))
+            self.rows.put(action.path, **columns.local_base(row), **columns.remote_base(row))
             self.report.recorded += 1
         else:
-            self.index.upsert(action.path, **columns.NO_BASE)
+            self.rows.put(action.path, **columns.NO_BASE)
             if action.reason:
                 self.report.skipped.append((action.path, action.reason))
 
@@ -149,11 +154,8 @@ class Puller:
         self.report.downloaded += 1
         self.progress.advance(files=1)
         if final_name is None:
-            with self.index.transaction():
-                self.index.upsert(path, **columns.local_from_stat(st, Kind(kind), md5,
-                                                                   row["remote_target"]))
-                fresh = self.index.require(path)
-                self.index.upsert(path, **columns.local_base(fresh), **columns.remote_base(row))
+            local = columns.local_from_stat(st, Kind(kind), md5, row["remote_target"])
+            self.rows.put(path, **local, **columns.local_base(local), **columns.remote_base(row))
 
     def _write_file(self, row: Row, expect: Version | None | bool, final_name: str | None,
                     md5_box: list[str]) -> os.stat_result:
@@ -187,7 +189,7 @@ class Puller:
             return
         name = conflict_name(action.path.rpartition("/")[2])
         await self._fetch(row, expect=None, final_name=name)
-        self.index.upsert(action.path, **columns.remote_as_local_base(row))
+        self.rows.put(action.path, **columns.remote_as_local_base(row))
         self.report.conflicts.append(
             (action.path, f"changed on both sides; the remote version is in '{name}'")
         )
@@ -199,11 +201,9 @@ class Puller:
             remote_owner(row) if final else None, limiter=self._disk,
         )
         if final:
-            with self.index.transaction():
-                self.index.upsert(action.path, **columns.local_from_stat(st, Kind.DIR, None, None))
-                fresh = self.index.require(action.path)
-                self.index.upsert(action.path, **columns.local_base(fresh),
-                                  **columns.remote_base(row))
+            local = columns.local_from_stat(st, Kind.DIR, None, None)
+            self.rows.put(action.path, **local, **columns.local_base(local),
+                          **columns.remote_base(row))
 
     async def _delete(self, action: Action, row: Row) -> None:
         removed = await trio.to_thread.run_sync(
@@ -211,10 +211,10 @@ class Puller:
             else None, limiter=self._disk,
         )
         if removed:
-            self.index.upsert(action.path, **columns.NO_BASE, **columns.NO_LOCAL)
+            self.rows.put(action.path, **columns.NO_BASE, **columns.NO_LOCAL)
             if row["local_kind"] != Kind.DIR:
                 self.report.deleted += 1
         else:  # changed since the scan, or a directory holding new files: it is new now
-            self.index.upsert(action.path, **columns.NO_BASE)
+            self.rows.put(action.path, **columns.NO_BASE)
             self.report.skipped.append((action.path, "changed locally; kept"))
 

@@ -14,7 +14,7 @@ import trio
 
 from fusesync.config import Target
 from fusesync.errors import FusesyncError, RemoteChanged, SourceChanged
-from fusesync.index import Index, Row
+from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
 from fusesync.sync.manifest import ManifestEntry, encode
@@ -44,6 +44,7 @@ class Pusher:
         self.report = report
         self.progress = progress
         self.manifest_changes: dict[str, ManifestEntry | None] = {}
+        self.rows = RowWriter(index)
 
     def key(self, relpath: str) -> str:
         return self.target.prefix + relpath
@@ -55,15 +56,17 @@ class Pusher:
             async with limiter:
                 await self._do(action)
 
-        async with trio.open_nursery() as nursery:
-            for action in actions:
-                nursery.start_soon(one, action)
+        try:
+            async with trio.open_nursery() as nursery:
+                for action in actions:
+                    nursery.start_soon(one, action)
+        finally:
+            self.rows.flush()  # what was confirmed is recorded, even when the run fails
         await self._write_manifest()
 
     async def _do(self, action: Action) -> None:
-        row = self.index.get(action.path)
-        if row is None:
-            return
+        row = action.row
+        assert row is not None, "plans carry their rows"
         try:
             match action.op:
                 case Op.UPLOAD:
@@ -71,11 +74,11 @@ class Pusher:
                 case Op.DELETE_REMOTE:
                     await self._delete(row)
                 case Op.RECORD:
-                    self.index.upsert(action.path, **columns.local_base(row),
-                                      **columns.remote_base(row))
+                    self.rows.put(action.path, **columns.local_base(row),
+                                  **columns.remote_base(row))
                     self.report.recorded += 1
                 case Op.FORGET:
-                    self.index.upsert(action.path, **columns.NO_BASE)
+                    self.rows.put(action.path, **columns.NO_BASE)
                 case Op.CONFLICT | Op.KEEP_REMOTE:
                     self.report.conflicts.append((action.path, action.reason))
         except SourceChanged:
@@ -127,9 +130,8 @@ class Pusher:
             # The remote already holds this content: our own write whose row a killed run
             # never recorded, or the same edit made elsewhere. Either way, it is the base.
             etag, attrs = head.etag, head.attrs
-        with self.index.transaction():
-            self.index.upsert(path, **columns.local_base(row),
-                              **columns.remote_written(row, etag, attrs, marker))
+        self.rows.put(path, **columns.local_base(row),
+                      **columns.remote_written(row, etag, attrs, marker))
         self.manifest_changes[path] = ManifestEntry(
             kind=kind, etag=etag, md5=row["local_md5"], size=row["local_size"] or 0,
             mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
@@ -160,7 +162,7 @@ class Pusher:
                         (path, "deleted here but changed on the remote; the remote copy stays")
                     )
                     return
-        self.index.upsert(path, **columns.NO_BASE, **columns.NO_REMOTE)
+        self.rows.put(path, **columns.NO_BASE, **columns.NO_REMOTE)
         self.manifest_changes[path] = None
         if row["base_kind"] != Kind.DIR:
             self.report.deleted += 1
