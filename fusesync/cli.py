@@ -17,7 +17,7 @@ import trio
 
 from fusesync import __version__
 from fusesync.config import ADDRESSING_STYLES, Config
-from fusesync.errors import Declined, FusesyncError
+from fusesync.errors import Declined, FusesyncError, first_leaf
 from fusesync.sync.report import Report
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
@@ -54,25 +54,6 @@ class FusesyncGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             _fail(ctx, f"internal error: {exc!r} (run with --debug for the traceback)", 1)
-
-
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error a user should hear about: a domain error first, else the first one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kind in (KeyboardInterrupt, FusesyncError):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return leaf
-    return leaves[0]
 
 
 def _fail(ctx: click.Context, message: str, status: int) -> NoReturn:
@@ -376,6 +357,12 @@ def purge(ctx: click.Context, name: str, yes: bool, dry_run: bool) -> None:
 
     count = trio.run(go)
     click.echo(f"fusesync purge: deleted {count} objects under {target.url}/")
+
+
+from fusesync.fs.commands import mount, unmount  # noqa: E402 - the mount's commands
+
+cli.add_command(mount)
+cli.add_command(unmount)
 
 
 def main() -> None:

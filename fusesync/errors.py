@@ -8,6 +8,8 @@ each and nowhere else.
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class FusesyncError(Exception):
@@ -90,3 +92,31 @@ class SafetyStop(FusesyncError):
     """A guard stopped a run before it could destroy data (empty listing, --max-delete)."""
 
     errno = _errno.ECANCELED
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should hear about: a domain error first, else the first one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (KeyboardInterrupt, FusesyncError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
+@contextmanager
+def one_error() -> Iterator[None]:
+    """Let a nursery's error group leave as the one error a caller can catch and show."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise first_leaf(group) from group

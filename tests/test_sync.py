@@ -200,6 +200,17 @@ def test_local_delete_of_remotely_changed_file_keeps_remote(one: Cluster, two: C
     assert (two.home / ".bashrc").read_text() == "newer on one"
 
 
+def test_status_before_the_bucket_exists(tmp_path: Path, fusesync_env) -> None:
+    fresh = Cluster(tmp_path / "fresh", fusesync_env.server, "bucket-not-made-yet")
+    populate(fresh.home)
+    result = fresh.cli("status")
+    assert result.exit_code == 0, result.output
+    assert "note: bucket 'bucket-not-made-yet' does not exist yet; push creates it" in result.output
+    assert "push upload: .bashrc" in result.output
+    fresh.push()
+    assert fresh.cli("status").output.splitlines()[-1] == "   in step: nothing to push or pull"
+
+
 def test_status_json_and_dry_run_change_nothing(one: Cluster, two: Cluster, s3) -> None:
     populate(one.home)
     status = one.status_json()

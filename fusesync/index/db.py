@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from fusesync.errors import FusesyncError
 from fusesync.index.schema import MIGRATIONS
 
@@ -41,29 +39,32 @@ class Index:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self.db = sqlite_utils.Database(conn)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            self.conn = conn
+            self.path = path
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
-        self.conn = conn
-        self.path = path
 
     def _migrate(self) -> None:
-        conn = self.db.conn
+        conn = self.conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == len(MIGRATIONS):
+            return
         if version > len(MIGRATIONS):
             raise IndexUnusable(
                 f"index format {version} is newer than this fusesync understands "
                 f"({len(MIGRATIONS)}): upgrade fusesync"
             )
+        import sqlite_utils  # only here: migrations may reshape tables with its transform()
+
+        db = sqlite_utils.Database(conn)
         for number in range(version, len(MIGRATIONS)):
             with self._transaction(conn):
-                for statement in _statements(MIGRATIONS[number]):
-                    conn.execute(statement)
+                MIGRATIONS[number](db)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
 
     @staticmethod
@@ -208,15 +209,3 @@ class RowWriter:
                     self.index.upsert(path, **columns)
             self._pending.clear()
         self._last = time.monotonic()
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a schema script into whole statements, as SQLite itself would."""
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            yield pending.strip()
-            pending = ""
-    if pending.strip():
-        yield pending.strip()

@@ -6,6 +6,13 @@ entry in MIGRATIONS, never an edit of an old one: indexes in the field run them 
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
 # Version 1. Paths are relative POSIX paths inside the target's directory: no leading or
 # trailing '/', never '' or '.', components as the file system spells them (UTF-8).
 V1 = """
@@ -56,7 +63,6 @@ CREATE TABLE paths (
     remote_md5    TEXT,         -- content MD5 when known (manifest, or a single-part etag)
     remote_target TEXT,
     remote_marker INTEGER NOT NULL DEFAULT 0,  -- dirs: a 'path/' marker object exists
-    remote_gen    INTEGER NOT NULL DEFAULT 0,  -- the listing that last saw this path
 
     -- The journal: set by the mount on every change made through it, cleared by push.
     dirty INTEGER NOT NULL DEFAULT 0
@@ -64,12 +70,32 @@ CREATE TABLE paths (
 CREATE INDEX paths_parent ON paths(parent);
 CREATE INDEX paths_dirty ON paths(dirty) WHERE dirty != 0;
 
--- Small facts about the target: 'remote_gen' (listing counter), 'manifest_etag', ...
+-- Small facts about the target: 'bucket_ok' (created or seen), 'push_running', ...
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
-"""MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version)."""
+def create_v1(db: sqlite_utils.Database) -> None:
+    for statement in statements(V1):
+        db.execute(statement)
+
+
+Migration = Callable[["sqlite_utils.Database"], None]
+
+MIGRATIONS: tuple[Migration, ...] = (create_v1,)
+"""MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version),
+inside one transaction; later ones can reshape tables with sqlite-utils' transform()."""
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a schema script into whole statements, as SQLite itself would."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        yield pending.strip()

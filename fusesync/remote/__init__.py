@@ -3,6 +3,14 @@
 Only this package speaks to the object store; nothing above it sees boto3 or botocore.
 """
 
-from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Listed, Progress, Remote
+from fusesync.remote.base import (
+    DIR_CONTENT_TYPE,
+    Attrs,
+    Head,
+    Listed,
+    Progress,
+    Remote,
+    WritableFile,
+)
 
-__all__ = ["DIR_CONTENT_TYPE", "Attrs", "Head", "Listed", "Progress", "Remote"]
+__all__ = ["DIR_CONTENT_TYPE", "Attrs", "Head", "Listed", "Progress", "Remote", "WritableFile"]

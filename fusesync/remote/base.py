@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 # s3fs-fuse's attribute headers, without the x-amz-meta- prefix boto3 strips.
 MODE, UID, GID, MTIME = "mode", "uid", "gid", "mtime"
@@ -27,6 +27,8 @@ def format_mtime(mtime: float) -> str:
     s3fs-fuse reads the digits after the dot as an integer count of nanoseconds, so
     "…0.5" would mean 5 ns to it: the fraction must always be written padded to nine.
     """
+    if mtime < 0:  # s3fs would add the fraction to the negative seconds: stay decimal
+        return "-" + format_mtime(-mtime)
     sec = math.floor(mtime)
     nsec = round((mtime - sec) * 1e9)
     if nsec >= 1_000_000_000:
@@ -40,7 +42,7 @@ def parse_mtime(value: str | None) -> float | None:
         return None
     text = value.strip()
     head, _, frac = text.partition(".")
-    if not head.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+    if not _digits(head.removeprefix("-")) or (frac and not _digits(frac)):
         return None
     try:
         parsed = float(text)
@@ -49,12 +51,16 @@ def parse_mtime(value: str | None) -> float | None:
     return parsed if math.isfinite(parsed) else None
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _parse_id(value: str | None) -> int | None:
     """A non-negative 32-bit decimal (mode, uid, gid); anything else is None."""
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not _digits(text):
         return None
     number = int(text)
     return number if number < _ID_LIMIT else None
@@ -116,6 +122,20 @@ class Head:
     metadata: dict[str, str] = field(default_factory=dict)  # every x-amz-meta-*, unprefixed
 
 
+class WritableFile(Protocol):
+    """What download_file writes into: an open binary file, or anything that places
+    `write`s at the offset of the last `seek` (calls come from worker threads, one at a
+    time)."""
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def truncate(self, size: int | None = ..., /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Remote(Protocol):
     """An object store holding the targets' objects, as the sync engine uses it.
 
@@ -140,8 +160,11 @@ class Remote(Protocol):
     async def head(self, key: str) -> Head | None:
         """The object's headers, or None when it does not exist."""
 
-    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
-        """(body, etag) of a small object, or None when it does not exist."""
+    async def get_bytes(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[bytes, str] | None:
+        """(body, etag) of a small object, or None when it does not exist; RemoteChanged
+        when `if_match` is given and the object is no longer that version."""
 
     async def put_bytes(
         self,
@@ -181,7 +204,7 @@ class Remote(Protocol):
     async def download_file(
         self,
         key: str,
-        dest: BinaryIO,
+        dest: WritableFile,
         *,
         if_match: str | None = None,
         progress: Progress | None = None,

@@ -11,11 +11,10 @@ import os
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import trio
 
-from fusesync.remote.base import Attrs, Head, Listed, Progress, Remote
+from fusesync.remote.base import Attrs, Head, Listed, Progress, Remote, WritableFile
 
 OPS = frozenset(
     {
@@ -147,9 +146,11 @@ class FaultyRemote:
         self._exit("head")
         return result
 
-    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+    async def get_bytes(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[bytes, str] | None:
         await self._enter("get_bytes", key)
-        result = await self.inner.get_bytes(key)
+        result = await self.inner.get_bytes(key, if_match=if_match)
         self._exit("get_bytes")
         return result
 
@@ -210,7 +211,7 @@ class FaultyRemote:
     async def download_file(
         self,
         key: str,
-        dest: BinaryIO,
+        dest: WritableFile,
         *,
         if_match: str | None = None,
         progress: Progress | None = None,

@@ -43,7 +43,8 @@ from fusesync.errors import (
     RemoteNotFound,
     SourceChanged,
 )
-from fusesync.remote.base import Attrs, Head, Listed, Progress
+from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
+from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
 
 MiB = 1 << 20
 DEFAULT_REGION = "us-east-1"
@@ -92,7 +93,9 @@ def translate(
         if code in _DENIED or status == 403:
             return RemoteError(f"access denied by {endpoint}: check your credentials ({shown})")
         if code in _ELSEWHERE or status == 301:
-            return RemoteError(f"bucket '{bucket}' lives in another region: set it with --region")
+            return RemoteError(
+                f"bucket '{bucket}' is in another region: give 'fusesync setup' --region"
+            )
         if code == "BucketAlreadyExists":
             return RemoteError(f"bucket '{bucket}' belongs to another account: choose another")
         if digest_sent and code in ("BadDigest", "InvalidDigest"):
@@ -149,9 +152,19 @@ class S3Remote:
                 "s3", endpoint_url=settings.endpoint_url, config=config
             )
         except BotoCoreError as exc:
-            raise self._translate(exc, "connect", None) from exc
+            raise self._translate(exc, "open", None) from exc
         self.endpoint = settings.endpoint_url or str(self._client.meta.endpoint_url)
+        credentials = session.get_credentials()
+        if credentials is not None and fast_path_allowed(str(self._client.meta.endpoint_url)):
+            path_style = uses_path_style(
+                str(self._client.meta.endpoint_url), settings.addressing_style, self.bucket
+            )
+            self._client = FastClient(
+                self._client, credentials, self.region, path_style, max_concurrency
+            )
         self._limiter = trio.CapacityLimiter(max_concurrency)
+        # Parts of multipart uploads held in memory, across all uploads at once.
+        self._part_buffers = trio.Semaphore(max_concurrency)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -179,14 +192,20 @@ class S3Remote:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, op, key, digest_sent) from exc
 
+    async def _s3(self, method: str, key: str | None = None, **kwargs: Any) -> Any:
+        """One boto3 request (blocking, in a worker thread): Bucket, and Key unless None."""
+        if key is not None:
+            kwargs["Key"] = key
+        fn = getattr(self._client, method)
+        return await self._call(method, key, functools.partial(fn, Bucket=self.bucket, **kwargs))
+
     def _object_args(
         self,
-        key: str,
         attrs: Attrs | None,
         content_type: str | None,
         metadata: Mapping[str, str] | None,
     ) -> dict[str, Any]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        args: dict[str, Any] = {}
         md = {**(metadata or {}), **(attrs.to_metadata() if attrs else {})}
         if md:
             args["Metadata"] = md
@@ -198,7 +217,7 @@ class S3Remote:
 
     async def bucket_exists(self) -> bool:
         try:
-            await self._call("HEAD", None, self._client.head_bucket, Bucket=self.bucket)
+            await self._s3("head_bucket")
         except BucketNotFound:
             return False
         return True
@@ -215,19 +234,15 @@ class S3Remote:
                 if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
                     raise
 
-        await self._call("CREATE", None, create)
+        await self._call("create_bucket", None, create)
 
     # -- reading -------------------------------------------------------------------------
 
     async def list(self, prefix: str) -> AsyncIterator[Listed]:
         """ListObjectsV2, one blocking request per page of `list_page_size` keys."""
-        args: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Prefix": prefix,
-            "MaxKeys": self.list_page_size,
-        }
+        args: dict[str, Any] = {"Prefix": prefix, "MaxKeys": self.list_page_size}
         while True:
-            page = await self._call("LIST", None, self._client.list_objects_v2, **args)
+            page = await self._s3("list_objects_v2", **args)
             for obj in page.get("Contents", ()):
                 yield Listed(
                     str(obj["Key"]),
@@ -245,30 +260,31 @@ class S3Remote:
     async def head(self, key: str) -> Head | None:
         """HEAD (blocking, in a worker thread); None when the object does not exist."""
         try:
-            resp = await self._call(
-                "HEAD", key, self._client.head_object, Bucket=self.bucket, Key=key
-            )
+            resp = await self._s3("head_object", key)
         except RemoteNotFound:
             return None
         return _head(key, resp)
 
-    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+    async def get_bytes(
+        self, key: str, *, if_match: str | None = None
+    ) -> tuple[bytes, str] | None:
         """GET a small object whole, in one worker thread; None when it does not exist."""
+        args = {"IfMatch": _quote(if_match)} if if_match else {}
 
         def fetch() -> tuple[bytes, str]:
-            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
             with contextlib.closing(resp["Body"]) as body:
                 return bytes(body.read()), _unquote(resp.get("ETag"))
 
         try:
-            return await self._call("GET", key, fetch)
+            return await self._call("get_object", key, fetch)
         except RemoteNotFound:
             return None
 
     async def download_file(
         self,
         key: str,
-        dest: BinaryIO,
+        dest: WritableFile,
         *,
         if_match: str | None = None,
         progress: Progress | None = None,
@@ -291,7 +307,7 @@ class S3Remote:
                 _copy(resp["Body"], sink, start, end + 1 - start, progress)
 
             async with ranges:
-                await self._call("GET", key, fetch)
+                await self._call("get_object", key, fetch)
 
         def got_head(spawn: Spawn, head: Head) -> None:
             heads.append(head)
@@ -310,7 +326,7 @@ class S3Remote:
                 # connection, which is cheaper than a HEAD for every small file.
                 _copy(resp["Body"], sink, 0, min(head.size, step), progress)
 
-            spawn(functools.partial(self._call, "GET", key, first))
+            spawn(functools.partial(self._call, "get_object", key, first))
         await trio.to_thread.run_sync(sink.finish, heads[0].size)
         return heads[0]
 
@@ -328,15 +344,10 @@ class S3Remote:
         if_none_match: bool = False,
     ) -> str:
         """One PUT with Content-MD5, blocking a worker thread; returns the etag."""
-        args = self._object_args(key, attrs, content_type, metadata)
+        args = self._object_args(attrs, content_type, metadata)
         args.update(_conditions(if_match, if_none_match))
-        resp = await self._call(
-            "PUT",
-            key,
-            self._client.put_object,
-            Body=data,
-            ContentMD5=_b64(hashlib.md5(data).digest()),
-            **args,
+        resp = await self._s3(
+            "put_object", key, Body=data, ContentMD5=_b64(hashlib.md5(data).digest()), **args
         )
         return _unquote(resp.get("ETag"))
 
@@ -356,7 +367,7 @@ class S3Remote:
     ) -> str:
         """One PUT up to `multipart_threshold`, else a multipart upload whose completion
         carries the conditions. Blocking reads and requests run in worker threads."""
-        args = self._object_args(key, attrs, content_type, metadata)
+        args = self._object_args(attrs, content_type, metadata)
         conditions = _conditions(if_match, if_none_match)
         if size > self.multipart_threshold:
             return await self._multipart(key, path, size, md5, args, conditions, progress)
@@ -364,11 +375,13 @@ class S3Remote:
         def put() -> Any:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size:
-                    raise SourceChanged(f"the file for '{key}' changed size since it was hashed")
+                    raise SourceChanged(f"'{os.fspath(path)}' changed since it was hashed")
                 digest = {"ContentMD5": _b64(bytes.fromhex(md5))} if md5 else {}
-                return self._client.put_object(Body=f, **args, **conditions, **digest)
+                return self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=f, **args, **conditions, **digest
+                )
 
-        resp = await self._call("PUT", key, put, digest_sent=md5 is not None)
+        resp = await self._call("put_object", key, put, digest_sent=md5 is not None)
         if progress:
             progress(size)
         return _unquote(resp.get("ETag"))
@@ -386,10 +399,7 @@ class S3Remote:
         """Parts read in order (hashing as they go, so a file that changed is caught before
         completion) and sent in parallel; the upload is aborted unless it completes."""
         step = max(self.part_size, -(-size // MAX_PARTS))
-        created = await self._call(
-            "CREATE-MULTIPART", key, self._client.create_multipart_upload, **args
-        )
-        upload = {"Bucket": self.bucket, "Key": key, "UploadId": created["UploadId"]}
+        upload_id = (await self._s3("create_multipart_upload", key, **args))["UploadId"]
         etags: dict[int, str] = {}
         completed = False
         try:
@@ -397,20 +407,22 @@ class S3Remote:
 
             async def produce() -> None:
                 async with send:
-                    await _read_parts(path, size, md5, step, send, f"'{key}'")
+                    await _read_parts(path, size, md5, step, send, self._part_buffers)
 
             async def consume(parts: trio.MemoryReceiveChannel[tuple[int, bytes, str]]) -> None:
                 async with parts:
                     async for number, data, digest in parts:
-                        resp = await self._call(
-                            "PUT-PART",
-                            key,
-                            self._client.upload_part,
-                            Body=data,
-                            PartNumber=number,
-                            ContentMD5=digest,
-                            **upload,
-                        )
+                        try:
+                            resp = await self._s3(
+                                "upload_part",
+                                key,
+                                UploadId=upload_id,
+                                PartNumber=number,
+                                Body=data,
+                                ContentMD5=digest,
+                            )
+                        finally:
+                            self._part_buffers.release()
                         etags[number] = str(resp["ETag"])
                         if progress:
                             progress(len(data))
@@ -421,27 +433,24 @@ class S3Remote:
                     for _ in range(self.transfer_concurrency):
                         spawn(functools.partial(consume, receive.clone()))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            resp = await self._call(
-                "COMPLETE-MULTIPART",
+            resp = await self._s3(
+                "complete_multipart_upload",
                 key,
-                self._client.complete_multipart_upload,
+                UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
-                **upload,
                 **conditions,
             )
             completed = True
             return _unquote(resp.get("ETag"))
         finally:
             if not completed:
-                await self._abort(upload)
+                await self._abort(key, upload_id)
 
-    async def _abort(self, upload: dict[str, Any]) -> bool:
+    async def _abort(self, key: str, upload_id: str) -> bool:
         """Abort one multipart upload, even while being cancelled; False if it was gone."""
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             try:
-                await self._call(
-                    "ABORT-MULTIPART", upload["Key"], self._client.abort_multipart_upload, **upload
-                )
+                await self._s3("abort_multipart_upload", key, UploadId=upload_id)
                 return True
             except RemoteNotFound:
                 return False
@@ -453,14 +462,7 @@ class S3Remote:
         """DELETE (blocking, in a worker thread). Gone already is fine, whatever `if_match`
         says; another version still there is RemoteChanged."""
         try:
-            await self._call(
-                "DELETE",
-                key,
-                self._client.delete_object,
-                Bucket=self.bucket,
-                Key=key,
-                **_conditions(if_match, False),
-            )
+            await self._s3("delete_object", key, **_conditions(if_match, False))
         except RemoteNotFound:
             return
         except RemoteChanged:
@@ -473,13 +475,8 @@ class S3Remote:
         failed: builtins.list[str] = []
 
         async def batch(chunk: Sequence[str]) -> None:
-            resp = await self._call(
-                "DELETE",
-                None,
-                self._client.delete_objects,
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-            )
+            objects = [{"Key": k} for k in chunk]
+            resp = await self._s3("delete_objects", Delete={"Objects": objects, "Quiet": True})
             for error in resp.get("Errors", ()):
                 if error.get("Code") != "NoSuchKey":
                     failed.append(f"'{error.get('Key')}' ({error.get('Code')})")
@@ -494,19 +491,15 @@ class S3Remote:
     async def abort_multipart_uploads(self, prefix: str, *, older_than: float = 0.0) -> int:
         """Abort unfinished multipart uploads under `prefix` started over `older_than`
         seconds ago (another cluster may be uploading right now); returns how many."""
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        args: dict[str, Any] = {"Prefix": prefix}
         cutoff = time.time() - older_than
         aborted = 0
         while True:
-            page = await self._call(
-                "LIST-MULTIPART", None, self._client.list_multipart_uploads, **args
-            )
+            page = await self._s3("list_multipart_uploads", **args)
             for upload in page.get("Uploads", ()):
                 if older_than and _epoch(upload.get("Initiated")) > cutoff:
                     continue
-                aborted += await self._abort(
-                    {"Bucket": self.bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
-                )
+                aborted += await self._abort(upload["Key"], upload["UploadId"])
             if not page.get("IsTruncated"):
                 return aborted
             args["KeyMarker"] = page.get("NextKeyMarker")
@@ -547,10 +540,11 @@ async def _read_parts(
     md5: str | None,
     step: int,
     send: trio.MemorySendChannel[tuple[int, bytes, str]],
-    what: str,
+    buffers: trio.Semaphore,
 ) -> None:
-    """Read `path` in order, `step` bytes a part, in worker threads; raise SourceChanged
-    when it is no longer `size` bytes with hex digest `md5`."""
+    """Read `path` in order, `step` bytes a part, in worker threads, each part taking one of
+    `buffers` (its receiver gives it back); raise SourceChanged when the file is no longer
+    `size` bytes with hex digest `md5`."""
     whole = hashlib.md5()
 
     def read(f: BinaryIO) -> tuple[bytes, str]:
@@ -561,34 +555,39 @@ async def _read_parts(
     f = await trio.to_thread.run_sync(open, path, "rb")
     try:
         number = total = 0
-        while True:
-            data, digest = await trio.to_thread.run_sync(read, f)
-            if not data:
-                break
-            total += len(data)
-            if total > size:
-                break
-            number += 1
-            await send.send((number, data, digest))
+        sent = True
+        while sent:
+            await buffers.acquire()
+            sent = False
+            try:
+                data, digest = await trio.to_thread.run_sync(read, f)
+                total += len(data)
+                if data and total <= size:
+                    number += 1
+                    await send.send((number, data, digest))
+                    sent = True
+            finally:
+                if not sent:
+                    buffers.release()
     finally:
         f.close()
     if total != size or (md5 and whole.hexdigest() != md5.lower()):
-        raise SourceChanged(f"the file for {what} changed since it was hashed")
+        raise SourceChanged(f"'{os.fspath(path)}' changed since it was hashed")
 
 
 class _Sink:
     """Positional writes into the caller's file object, from several threads."""
 
-    def __init__(self, dest: BinaryIO) -> None:
+    def __init__(self, dest: WritableFile) -> None:
         self._dest = dest
         self._lock = threading.Lock()
 
     def write_at(self, offset: int, data: bytes) -> None:
         with self._lock:
             self._dest.seek(offset)
-            view = memoryview(data)
-            while view:
-                view = view[self._dest.write(view) :]
+            while data:  # a raw file may take less than it was given
+                written = self._dest.write(data)
+                data = data[len(data) if written is None else written :]
 
     def finish(self, size: int) -> None:
         with self._lock:

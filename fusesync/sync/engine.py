@@ -7,11 +7,12 @@ guards that stop a run before it can destroy data; the steps live in their own m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop
+from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop, one_error
 from fusesync.index import Index, Row
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
@@ -21,7 +22,7 @@ from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op, plan_pull, plan_push
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
-from fusesync.sync.remote_scan import RemoteScan, scan_remote
+from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote, scan_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import ScanResult, scan_tree
 
@@ -75,6 +76,22 @@ class Engine:
 
     async def scan_remote(self) -> RemoteScan:
         return await scan_remote(self.remote, self.target, self.index, self.exclude)
+
+    async def _detect_both(self) -> tuple[RemoteScan, ScanResult]:
+        """List the remote while the tree is scanned; record the listing only once it is
+        complete, so a refused or broken listing changes no base."""
+        found: dict[str, Any] = {}
+
+        async def remote_side() -> None:
+            found["remote"] = await list_remote(self.remote, self.target, self.exclude)
+
+        with one_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(remote_side)
+                scan = await self.scan_local()
+        rows, listing = found["remote"]
+        record_remote(self.index, rows)
+        return listing, scan
 
     # -- plan ------------------------------------------------------------------------
 
@@ -146,9 +163,8 @@ class Engine:
 
     async def pull(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
         report = Report("pull", dry_run=dry_run)
-        listing = await self.scan_remote()  # first: a refused listing changes nothing
+        listing, scan = await self._detect_both()
         report.skipped.extend(listing.skipped)
-        scan = await self.scan_local()
         report.skipped.extend(scan.skipped)
         synced = self.index.count("base_kind IS NOT NULL")
         if listing.empty and synced:
@@ -176,13 +192,12 @@ class Engine:
 
     async def status(self) -> Status:
         try:
-            listing = await self.scan_remote()
+            listing, scan = await self._detect_both()
         except BucketNotFound:  # nothing pushed yet: push will create the bucket
             scan = await self.scan_local()
             return Status(push=self.plan_push(remote_listed=False), skipped=scan.skipped,
                           notes=[f"bucket '{self.remote.bucket}' does not exist yet; "
                                  "push creates it"])
-        scan = await self.scan_local()
         return Status(
             push=self.plan_push(remote_listed=True),
             pull=self.plan_pull(),

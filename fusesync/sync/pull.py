@@ -27,6 +27,10 @@ from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Progress, Report
 
 
+SMALL = 1 << 20
+"""Files up to this size are fetched whole in one request, then written in one step."""
+
+
 def conflict_name(name: str, when: float | None = None, host: str | None = None) -> str:
     """NAME.conflict-HOST-YYYYMMDD-HHMMSS[.ext]: the remote version, kept beside ours."""
     host = (host or socket.gethostname()).split(".")[0] or "host"
@@ -146,8 +150,16 @@ class Puller:
             md5 = row["remote_md5"]
         else:
             md5_box: list[str] = []
+            body = None
+            if (row["remote_size"] or 0) <= SMALL:  # one request, then one write
+                got = await self.remote.get_bytes(self.target.prefix + path,
+                                                  if_match=row["remote_etag"])
+                if got is None:
+                    raise RemoteChanged(path)
+                body = got[0]
+                self.progress.advance(size=len(body))
             st = await trio.to_thread.run_sync(
-                self._write_file, row, expect, final_name, md5_box, limiter=self._disk
+                self._write_file, row, expect, final_name, md5_box, body, limiter=self._disk
             )
             md5 = md5_box[0]
             self.report.downloaded_bytes += st.st_size
@@ -158,12 +170,15 @@ class Puller:
             self.rows.put(path, **local, **columns.local_base(local), **columns.remote_base(row))
 
     def _write_file(self, row: Row, expect: Version | None | bool, final_name: str | None,
-                    md5_box: list[str]) -> os.stat_result:
+                    md5_box: list[str], body: bytes | None) -> os.stat_result:
         """Download into a temporary file, verify, rename into place. Blocks (worker thread)."""
         key = self.target.prefix + row["path"]
 
         def fill(f: BinaryIO) -> None:
-            trio.from_thread.run(self._download, key, f, row["remote_etag"])
+            if body is not None:
+                f.write(body)
+            else:
+                trio.from_thread.run(self._download, key, f, row["remote_etag"])
             f.flush()
             f.seek(0)
             digest = hashlib.file_digest(f, "md5").hexdigest()

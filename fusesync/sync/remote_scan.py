@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
+from fusesync.errors import one_error
 from fusesync.index import Index
 from fusesync.remote.base import Listed, Remote
 from fusesync.sync import manifest as manifest_codec
@@ -33,7 +34,6 @@ REMOTE_COLUMNS = (
     "remote_md5",
     "remote_target",
     "remote_marker",
-    "remote_gen",
 )
 _HEAD_CONCURRENCY = 16
 
@@ -68,24 +68,28 @@ async def scan_remote(
     remote: Remote, target: Target, index: Index, exclude: PathMatcher
 ) -> RemoteScan:
     """Record the remote's current state of every path in `index` (remote_* columns)."""
+    rows, result = await list_remote(remote, target, exclude)
+    record_remote(index, rows)
+    return result
+
+
+async def list_remote(
+    remote: Remote, target: Target, exclude: PathMatcher
+) -> tuple[dict[str, tuple[Any, ...]], RemoteScan]:
+    """The remote's state of every path, from the listing and the manifest (fetched at
+    once); touches no index, so it can run while the local tree is being scanned."""
     result = RemoteScan()
-    result.manifest, result.manifest_etag = await load_manifest(remote, target)
     files: dict[str, Listed] = {}
     markers: dict[str, Listed] = {}
     prefix = target.prefix
-    async for obj in remote.list(prefix):
-        result.objects += 1
-        rel = obj.key[len(prefix):]
-        is_marker = rel.endswith("/")
-        if is_marker:
-            rel = rel[:-1]
-        why = unsafe_reason(rel)
-        if why:
-            result.skipped.append((obj.key, f"unsafe key ({why})"))
-            continue
-        if exclude.matches(rel, is_marker):
-            continue
-        (markers if is_marker else files)[rel] = obj
+
+    async def fetch_manifest() -> None:
+        result.manifest, result.manifest_etag = await load_manifest(remote, target)
+
+    with one_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_manifest)
+            await _take_listing(remote, prefix, exclude, result, files, markers)
 
     dirs = set(markers)
     for rel in (*files, *markers):
@@ -132,15 +136,43 @@ async def scan_remote(
         for rel, obj in foreign:
             nursery.start_soon(head_one, rel, obj)
 
-    gen = int(index.meta("remote_gen") or 0) + 1
-    with index.transaction():
-        index.upsert_many(REMOTE_COLUMNS, ((rel, *row, gen) for rel, row in rows.items()))
-        cleared = dict.fromkeys(REMOTE_COLUMNS[:-2])
-        index.update_where(
-            "remote_gen != ? AND remote_kind IS NOT NULL", (gen,), **cleared, remote_marker=0
+    return rows, result
+
+
+async def _take_listing(
+    remote: Remote, prefix: str, exclude: PathMatcher, result: RemoteScan,
+    files: dict[str, Listed], markers: dict[str, Listed],
+) -> None:
+    async for obj in remote.list(prefix):
+        result.objects += 1
+        rel = obj.key[len(prefix):]
+        is_marker = rel.endswith("/")
+        if is_marker:
+            rel = rel[:-1]
+        why = unsafe_reason(rel)
+        if why:
+            result.skipped.append((obj.key, f"unsafe key ({why})"))
+            continue
+        if exclude.matches(rel, is_marker):
+            continue
+        (markers if is_marker else files)[rel] = obj
+
+
+def record_remote(index: Index, rows: dict[str, tuple[Any, ...]]) -> None:
+    """Write what changed since the last listing: new or changed rows, and paths gone."""
+    names = ", ".join(REMOTE_COLUMNS)
+    known = {
+        row[0]: tuple(row[1:])
+        for row in index.conn.execute(
+            f"SELECT path, {names} FROM paths WHERE remote_kind IS NOT NULL"
         )
-        index.set_meta("remote_gen", str(gen))
-    return result
+    }
+    changed = [(path, *row) for path, row in rows.items() if known.get(path) != row]
+    gone = [path for path in known if path not in rows]
+    with index.transaction():
+        index.upsert_many(REMOTE_COLUMNS, changed)
+        cleared = (None,) * (len(REMOTE_COLUMNS) - 1) + (0,)
+        index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
 
 
 def _row_from_entry(entry: ManifestEntry, obj: Listed) -> tuple[Any, ...]:
