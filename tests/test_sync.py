@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from syncenv import Cluster, keys, tree_of
@@ -339,3 +341,19 @@ def test_pull_refuses_cleanly_on_bad_remote(one: Cluster, two: Cluster, fusesync
     assert result.exit_code == 1 and "cannot reach" in result.output
     assert time.monotonic() - started < 60
     assert index.read_bytes() == before
+
+
+def test_progress_bar_on_a_terminal_only(one: Cluster) -> None:
+    for i in range(300):
+        (one.home / f"f{i}.txt").write_text("x" * 5000)
+    child = pexpect.spawn(
+        sys.executable, ["-m", "fusesync.cli", "push"], env={**os.environ, **one.env},
+        encoding="utf-8", timeout=120, dimensions=(40, 120),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "/300 files" in child.before  # the bar counted files as they went
+    assert "300 uploaded (1.5 MB)" in child.before
+    piped = one.cli("push")  # not a terminal: the lines only, no bar
+    assert "files" not in piped.output
