@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import trio
 
 from fusesync import __version__
 from fusesync.config import ADDRESSING_STYLES, Config
 from fusesync.errors import Declined, FusesyncError, first_leaf
-from fusesync.sync.report import Report
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
 
@@ -237,6 +235,9 @@ def _progress(label: str) -> Any:
 
 
 def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float) -> None:
+    import trio  # here, not at the top: list, add and remove start faster without it
+
+    from fusesync.sync.report import Report
     from fusesync.sync.session import open_engine
 
     config = load_config(ctx)
@@ -296,6 +297,8 @@ def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float) -> Non
 @click.pass_context
 def status(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show what push and pull of target NAME would do; change nothing."""
+    import trio
+
     from fusesync.sync.session import open_engine
 
     config = load_config(ctx)
@@ -342,6 +345,8 @@ def purge(ctx: click.Context, name: str, yes: bool, dry_run: bool) -> None:
 
     Local files stay as they are; the next push uploads everything again.
     """
+    import trio
+
     from fusesync.sync.session import open_engine
 
     config = load_config(ctx)

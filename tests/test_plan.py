@@ -104,3 +104,23 @@ def test_signatures_distinguish_absence() -> None:
     assert local_sig(None, None, None, None, None, None, None) is None
     assert remote_sig(None, None, None, None, None, None, None) is None
     assert local_sig("symlink", "x", 0o777, 1, 1, 5, "t") == local_sig("symlink", "x", 0, 2, 2, 6, "t")
+
+
+def test_sql_prefilter_keeps_every_row_with_a_local_change(index: Index) -> None:
+    from fusesync.sync.plan import MAYBE_LOCAL_CHANGE
+
+    cases = {
+        "same": {**BASE, **LOCAL_SAME},
+        "changed": {**BASE, **LOCAL_CHANGED},
+        "chmod": {**BASE, **LOCAL_SAME, "local_mode": 0o100600},
+        "touch": {**BASE, **LOCAL_SAME, "local_mtime_ns": 11},
+        "deleted": {**BASE, **LOCAL_GONE},
+        "new": {**LOCAL_SAME},
+        "remote-only": {**REMOTE_SAME},
+    }
+    for path, cols in cases.items():
+        index.upsert(path, **cols)
+    kept = {row["path"] for row in index.rows(MAYBE_LOCAL_CHANGE)}
+    planned = {row["path"] for row in index.rows() if plan_push(row, remote_listed=False)}
+    assert planned <= kept
+    assert "same" not in kept and "remote-only" not in kept

@@ -19,7 +19,7 @@ from fusesync.sync import base as columns
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
-from fusesync.sync.plan import Action, Op, plan_pull, plan_push
+from fusesync.sync.plan import MAYBE_LOCAL_CHANGE, Action, Op, plan_pull, plan_push
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
 from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote, scan_remote
@@ -101,7 +101,9 @@ class Engine:
 
     def plan_push(self, remote_listed: bool) -> list[Action]:
         actions = []
-        for row in self.index.rows():
+        # Without a listing only local changes matter: let SQLite skip the unchanged rows.
+        rows = self.index.rows() if remote_listed else self.index.rows(MAYBE_LOCAL_CHANGE)
+        for row in rows:
             action = plan_push(row, remote_listed)
             if action is not None and not self._excluded(row):
                 actions.append(action)

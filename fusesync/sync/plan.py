@@ -42,6 +42,17 @@ class Action:
     row: Row | None = field(default=None, compare=False, repr=False)  # as planned
 
 
+MAYBE_LOCAL_CHANGE = """
+    dirty != 0 OR base_kind IS NOT local_kind OR local_md5 IS NOT base_md5
+    OR local_target IS NOT base_target
+    OR (local_kind IS NOT NULL AND ((local_mode & 4095) IS NOT base_mode
+        OR local_uid IS NOT base_uid OR local_gid IS NOT base_gid
+        OR (local_kind = 'file' AND local_mtime_ns IS NOT base_mtime_ns)))
+"""
+"""SQL for the rows whose local side may differ from the base: every row `local_side`
+would call NEW, CHANGED or DELETED is among them, so a push need not look at the rest."""
+
+
 def local_side(row: Row) -> Side:
     now = local_sig(
         row["local_kind"], row["local_md5"], row["local_mode"], row["local_uid"],
