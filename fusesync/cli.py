@@ -198,7 +198,7 @@ def remove(ctx: click.Context, name: str, yes: bool) -> None:
     click.echo(f"fusesync remove: removed '{target.name}'")
 
 
-class Fraction(click.ParamType):
+class Fraction(click.ParamType):  # type: ignore[type-arg]
     """A share of the target's files: '50%', '100%' or '0.5'."""
 
     name = "PERCENT"
@@ -218,7 +218,9 @@ class Fraction(click.ParamType):
 
 
 def sync_options(func: Any) -> Any:
-    func = click.option("--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing.")(func)
+    func = click.option(
+        "--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing."
+    )(func)
     func = click.option(
         "--max-delete", type=Fraction(), default="50%", show_default=True,
         help="Stop before deleting more than this share of the target's files.",

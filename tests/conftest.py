@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from support.seaweed import SeaweedError, SeaweedServer
+from syncenv import Cluster
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -94,3 +95,15 @@ def fusesync_env(
         server=s3_server,
         bucket=bucket,
     )
+
+
+@pytest.fixture
+def one(tmp_path: Path, fusesync_env: FusesyncEnv) -> Cluster:
+    """A first cluster: its own HOME (the default target) and state, set up on the bucket."""
+    return Cluster(tmp_path / "one", fusesync_env.server, fusesync_env.bucket)
+
+
+@pytest.fixture
+def two(tmp_path: Path, fusesync_env: FusesyncEnv) -> Cluster:
+    """A second cluster on the same bucket and prefix as `one`."""
+    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)

@@ -213,7 +213,7 @@ def with_data(configured, tmp_path: Path):
 
 
 def test_remove_prompt_yes(with_data, tmp_path: Path) -> None:
-    env, state = with_data
+    _, state = with_data
     (tmp_path / "data" / "keep.txt").write_text("mine")
     result = run("remove", "data", input="Y\n")
     assert result.exit_code == 0
@@ -254,7 +254,6 @@ def test_remove_default_or_unknown(configured) -> None:
 
 
 def test_remove_without_stdin_refuses_without_hanging(with_data) -> None:
-    env, state = with_data
     proc = subprocess.run(
         [sys.executable, "-m", "fusesync.cli", "remove", "data"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, env=os.environ,
@@ -268,7 +267,9 @@ def test_remove_without_stdin_refuses_without_hanging(with_data) -> None:
 # -- broken settings files ------------------------------------------------------------
 
 
-def test_corrupt_config_names_file_and_line_and_is_not_overwritten(configured, tmp_path: Path) -> None:
+def test_corrupt_config_names_file_and_line_and_is_not_overwritten(
+    configured, tmp_path: Path
+) -> None:
     path = Path(configured.config_path)
     broken = 'bucket = "home-bucket"\n\n[targets.data\npath = "/x"\n'
     path.write_text(broken)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from syncenv import Cluster
 
 from fusesync.config import Config
 from fusesync.errors import RemoteError, one_error
@@ -14,7 +15,6 @@ from fusesync.index import Index
 from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
 from fusesync.sync.engine import Engine
-from syncenv import Cluster
 
 
 def engine_for(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, FaultyRemote]:
@@ -56,9 +56,9 @@ def test_failed_push_records_what_landed_and_finishes_later(
         (one.home / f"f{i}").write_text(str(i))
     engine, remote = engine_for(one, monkeypatch)
     remote.fail_next("upload_file", RemoteError("injected: connection reset"), count=1)
-    with pytest.raises(BaseException, match="injected"):  # the run fails as a whole,
-        with one_error():  # after recording what landed
-            trio.run(engine.push)
+    # the run fails as a whole, after recording what landed
+    with pytest.raises(BaseException, match="injected"), one_error():
+        trio.run(engine.push)
     synced = engine.index.count("base_kind IS NOT NULL")
     assert synced < 30
     report = trio.run(engine.push)

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from click.testing import CliRunner
+from support.hostile_s3 import HostileS3
 
 from fusesync.cli import cli
-from support.hostile_s3 import HostileS3
 
 PREFIX = "sync/tester/default/"
 LONG_OK = "/".join(["d" * 200] * 4) + "/" + "f" * 150  # over 950 bytes, every part <= 255

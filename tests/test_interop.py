@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from syncenv import Cluster
 
 PREFIX = "sync/tester/default/"
@@ -29,12 +27,10 @@ def aws(cluster: Cluster, tmp_path: Path, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture
-def two(tmp_path: Path, fusesync_env) -> Cluster:
-    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
 
-
-def test_tree_uploaded_by_aws_s3_sync_pulls_with_default_modes(two: Cluster, tmp_path: Path) -> None:
+def test_tree_uploaded_by_aws_s3_sync_pulls_with_default_modes(
+    two: Cluster, tmp_path: Path
+) -> None:
     source = tmp_path / "source"
     (source / "scripts").mkdir(parents=True)
     (source / "scripts" / "run.sh").write_text("#!/bin/sh\n")

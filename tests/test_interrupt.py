@@ -10,20 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from fusesync.sync.localfs import TMP_MARK
 from syncenv import Cluster, keys, tree_of
 
-
-@pytest.fixture
-def one(tmp_path: Path, fusesync_env) -> Cluster:
-    return Cluster(tmp_path / "one", fusesync_env.server, fusesync_env.bucket)
-
-
-@pytest.fixture
-def two(tmp_path: Path, fusesync_env) -> Cluster:
-    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
+from fusesync.sync.localfs import TMP_MARK
 
 
 def many_files(home: Path, count: int = 400) -> None:

@@ -9,21 +9,11 @@ import time
 from pathlib import Path
 
 import pexpect
-import pytest
-
 from syncenv import Cluster, keys, tree_of
 
 SKIP = (".cache",)
 
 
-@pytest.fixture
-def one(tmp_path: Path, fusesync_env) -> Cluster:  # noqa: ARG001 - the env seals off the real home
-    return Cluster(tmp_path / "one", fusesync_env.server, fusesync_env.bucket)
-
-
-@pytest.fixture
-def two(tmp_path: Path, fusesync_env) -> Cluster:
-    return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
 
 
 def populate(home: Path) -> None:

@@ -6,17 +6,15 @@ never stores credentials (boto3's chain finds them) and never reads a large file
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
 import functools
 import hashlib
 import os
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import boto3
 import trio
@@ -37,7 +35,6 @@ from fusesync.errors import (
     BucketNotFound,
     ConfigError,
     FusesyncError,
-    IntegrityError,
     RemoteChanged,
     RemoteError,
     RemoteNotFound,
@@ -45,12 +42,20 @@ from fusesync.errors import (
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
 from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
+from fusesync.remote.transfer import (
+    Link,
+    abort_upload,
+    b64,
+    download,
+    multipart_upload,
+    quote_etag,
+    task_group,
+    unquote_etag,
+)
 
 MiB = 1 << 20
 DEFAULT_REGION = "us-east-1"
-MAX_PARTS = 10_000  # S3's limit per multipart upload
 DELETE_BATCH = 1000  # S3's limit per DeleteObjects request
-CHUNK = 1 * MiB  # bytes per read of a streamed body
 
 _DENIED = {
     "AccessDenied",
@@ -63,7 +68,6 @@ _DENIED = {
 _MISSING = {"NoSuchKey", "NoSuchUpload", "NotFound", "404"}
 _ELSEWHERE = {"PermanentRedirect", "AuthorizationHeaderMalformed", "301"}
 _T = TypeVar("_T")
-Spawn = Callable[[Callable[[], Awaitable[object]]], None]
 
 
 def translate(
@@ -168,6 +172,11 @@ class S3Remote:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    @property
+    def _link(self) -> Link:
+        """What the transfer module needs of this remote, read afresh at each request."""
+        return Link(self._client, self.bucket, self.endpoint, self._limiter, self._translate)
+
     def _translate(
         self, exc: Exception, op: str, key: str | None, digest_sent: bool = False
     ) -> FusesyncError:
@@ -185,19 +194,11 @@ class S3Remote:
         **kwargs: Any,
     ) -> _T:
         """Run `fn(**kwargs)` (blocking: boto3) in a worker thread under the limiter."""
-        try:
-            return await trio.to_thread.run_sync(
-                functools.partial(fn, **kwargs), limiter=self._limiter
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise self._translate(exc, op, key, digest_sent) from exc
+        return await self._link.call(op, key, fn, digest_sent=digest_sent, **kwargs)
 
     async def _s3(self, method: str, key: str | None = None, **kwargs: Any) -> Any:
         """One boto3 request (blocking, in a worker thread): Bucket, and Key unless None."""
-        if key is not None:
-            kwargs["Key"] = key
-        fn = getattr(self._client, method)
-        return await self._call(method, key, functools.partial(fn, Bucket=self.bucket, **kwargs))
+        return await self._link.request(method, key, **kwargs)
 
     def _object_args(
         self,
@@ -246,7 +247,7 @@ class S3Remote:
             for obj in page.get("Contents", ()):
                 yield Listed(
                     str(obj["Key"]),
-                    _unquote(obj.get("ETag")),
+                    unquote_etag(obj.get("ETag")),
                     int(obj["Size"]),
                     _epoch(obj.get("LastModified")),
                 )
@@ -269,12 +270,12 @@ class S3Remote:
         self, key: str, *, if_match: str | None = None
     ) -> tuple[bytes, str] | None:
         """GET a small object whole, in one worker thread; None when it does not exist."""
-        args = {"IfMatch": _quote(if_match)} if if_match else {}
+        args = {"IfMatch": quote_etag(if_match)} if if_match else {}
 
         def fetch() -> tuple[bytes, str]:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
             with contextlib.closing(resp["Body"]) as body:
-                return bytes(body.read()), _unquote(resp.get("ETag"))
+                return bytes(body.read()), unquote_etag(resp.get("ETag"))
 
         try:
             return await self._call("get_object", key, fetch)
@@ -291,44 +292,16 @@ class S3Remote:
     ) -> Head:
         """Stream the object into `dest` from worker threads (one GET, then, for a large
         object, ranged GETs in parallel pinned to the first GET's etag)."""
-        sink = _Sink(dest)
-        heads: builtins.list[Head] = []
-        ranges = trio.CapacityLimiter(self.transfer_concurrency)
-        step = self.part_size
-
-        async def get_range(start: int, end: int, etag: str) -> None:
-            def fetch() -> None:
-                resp = self._client.get_object(
-                    Bucket=self.bucket, Key=key, IfMatch=_quote(etag), Range=f"bytes={start}-{end}"
-                )
-                if not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-{end}/"):
-                    resp["Body"].close()
-                    raise IntegrityError(f"{self.endpoint} ignored the range asked of '{key}'")
-                _copy(resp["Body"], sink, start, end + 1 - start, progress)
-
-            async with ranges:
-                await self._call("get_object", key, fetch)
-
-        def got_head(spawn: Spawn, head: Head) -> None:
-            heads.append(head)
-            for start in range(step, head.size, step):
-                end = min(start + step, head.size) - 1
-                spawn(functools.partial(get_range, start, end, head.etag))
-
-        async with _task_group() as spawn:
-
-            def first() -> None:
-                args = {"IfMatch": _quote(if_match)} if if_match else {}
-                resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
-                head = _head(key, resp)
-                trio.from_thread.run_sync(got_head, spawn, head)
-                # Only the first range comes from this stream; closing it early drops one
-                # connection, which is cheaper than a HEAD for every small file.
-                _copy(resp["Body"], sink, 0, min(head.size, step), progress)
-
-            spawn(functools.partial(self._call, "get_object", key, first))
-        await trio.to_thread.run_sync(sink.finish, heads[0].size)
-        return heads[0]
+        return await download(
+            self._link,
+            key,
+            dest,
+            if_match=if_match,
+            part_size=self.part_size,
+            concurrency=self.transfer_concurrency,
+            progress=progress,
+            head_of=_head,
+        )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -347,9 +320,9 @@ class S3Remote:
         args = self._object_args(attrs, content_type, metadata)
         args.update(_conditions(if_match, if_none_match))
         resp = await self._s3(
-            "put_object", key, Body=data, ContentMD5=_b64(hashlib.md5(data).digest()), **args
+            "put_object", key, Body=data, ContentMD5=b64(hashlib.md5(data).digest()), **args
         )
-        return _unquote(resp.get("ETag"))
+        return unquote_etag(resp.get("ETag"))
 
     async def upload_file(
         self,
@@ -370,13 +343,25 @@ class S3Remote:
         args = self._object_args(attrs, content_type, metadata)
         conditions = _conditions(if_match, if_none_match)
         if size > self.multipart_threshold:
-            return await self._multipart(key, path, size, md5, args, conditions, progress)
+            return await multipart_upload(
+                self._link,
+                key,
+                path,
+                size=size,
+                md5=md5,
+                args=args,
+                conditions=conditions,
+                part_size=self.part_size,
+                concurrency=self.transfer_concurrency,
+                buffers=self._part_buffers,
+                progress=progress,
+            )
 
         def put() -> Any:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size:
                     raise SourceChanged(f"'{os.fspath(path)}' changed since it was hashed")
-                digest = {"ContentMD5": _b64(bytes.fromhex(md5))} if md5 else {}
+                digest = {"ContentMD5": b64(bytes.fromhex(md5))} if md5 else {}
                 return self._client.put_object(
                     Bucket=self.bucket, Key=key, Body=f, **args, **conditions, **digest
                 )
@@ -384,79 +369,11 @@ class S3Remote:
         resp = await self._call("put_object", key, put, digest_sent=md5 is not None)
         if progress:
             progress(size)
-        return _unquote(resp.get("ETag"))
-
-    async def _multipart(
-        self,
-        key: str,
-        path: os.PathLike[str] | str,
-        size: int,
-        md5: str | None,
-        args: dict[str, Any],
-        conditions: dict[str, Any],
-        progress: Progress | None,
-    ) -> str:
-        """Parts read in order (hashing as they go, so a file that changed is caught before
-        completion) and sent in parallel; the upload is aborted unless it completes."""
-        step = max(self.part_size, -(-size // MAX_PARTS))
-        upload_id = (await self._s3("create_multipart_upload", key, **args))["UploadId"]
-        etags: dict[int, str] = {}
-        completed = False
-        try:
-            send, receive = trio.open_memory_channel[tuple[int, bytes, str]](0)
-
-            async def produce() -> None:
-                async with send:
-                    await _read_parts(path, size, md5, step, send, self._part_buffers)
-
-            async def consume(parts: trio.MemoryReceiveChannel[tuple[int, bytes, str]]) -> None:
-                async with parts:
-                    async for number, data, digest in parts:
-                        try:
-                            resp = await self._s3(
-                                "upload_part",
-                                key,
-                                UploadId=upload_id,
-                                PartNumber=number,
-                                Body=data,
-                                ContentMD5=digest,
-                            )
-                        finally:
-                            self._part_buffers.release()
-                        etags[number] = str(resp["ETag"])
-                        if progress:
-                            progress(len(data))
-
-            async with _task_group() as spawn:
-                spawn(produce)
-                async with receive:
-                    for _ in range(self.transfer_concurrency):
-                        spawn(functools.partial(consume, receive.clone()))
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            resp = await self._s3(
-                "complete_multipart_upload",
-                key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **conditions,
-            )
-            completed = True
-            return _unquote(resp.get("ETag"))
-        finally:
-            if not completed:
-                await self._abort(key, upload_id)
+        return unquote_etag(resp.get("ETag"))
 
     async def _abort(self, key: str, upload_id: str) -> bool:
         """Abort one multipart upload, even while being cancelled; False if it was gone."""
-        with trio.CancelScope(shield=True), trio.move_on_after(60):
-            try:
-                await self._s3("abort_multipart_upload", key, UploadId=upload_id)
-                return True
-            except RemoteNotFound:
-                return False
-            except FusesyncError:
-                return False  # the next run's abort_multipart_uploads tries again
-        return False
+        return await abort_upload(self._link, key, upload_id)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
         """DELETE (blocking, in a worker thread). Gone already is fine, whatever `if_match`
@@ -481,7 +398,7 @@ class S3Remote:
                 if error.get("Code") != "NoSuchKey":
                     failed.append(f"'{error.get('Key')}' ({error.get('Code')})")
 
-        async with _task_group() as spawn:
+        async with task_group() as spawn:
             for start in range(0, len(keys), DELETE_BATCH):
                 spawn(functools.partial(batch, keys[start : start + DELETE_BATCH]))
         if failed:
@@ -512,112 +429,12 @@ class S3Remote:
 # -- helpers -------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _task_group() -> AsyncIterator[Spawn]:
-    """A nursery whose first failing task cancels the others and is raised alone (callers
-    want RemoteChanged, not an ExceptionGroup of it). Cancellation passes untouched."""
-    failures: builtins.list[Exception] = []
-    async with trio.open_nursery() as nursery:
-
-        def spawn(job: Callable[[], Awaitable[object]]) -> None:
-            async def run() -> None:
-                try:
-                    await job()
-                except Exception as exc:
-                    failures.append(exc)
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(run)
-
-        yield spawn
-    if failures:
-        raise failures[0]
-
-
-async def _read_parts(
-    path: os.PathLike[str] | str,
-    size: int,
-    md5: str | None,
-    step: int,
-    send: trio.MemorySendChannel[tuple[int, bytes, str]],
-    buffers: trio.Semaphore,
-) -> None:
-    """Read `path` in order, `step` bytes a part, in worker threads, each part taking one of
-    `buffers` (its receiver gives it back); raise SourceChanged when the file is no longer
-    `size` bytes with hex digest `md5`."""
-    whole = hashlib.md5()
-
-    def read(f: BinaryIO) -> tuple[bytes, str]:
-        data = f.read(step)
-        whole.update(data)
-        return data, _b64(hashlib.md5(data).digest())
-
-    f = await trio.to_thread.run_sync(open, path, "rb")
-    try:
-        number = total = 0
-        sent = True
-        while sent:
-            await buffers.acquire()
-            sent = False
-            try:
-                data, digest = await trio.to_thread.run_sync(read, f)
-                total += len(data)
-                if data and total <= size:
-                    number += 1
-                    await send.send((number, data, digest))
-                    sent = True
-            finally:
-                if not sent:
-                    buffers.release()
-    finally:
-        f.close()
-    if total != size or (md5 and whole.hexdigest() != md5.lower()):
-        raise SourceChanged(f"'{os.fspath(path)}' changed since it was hashed")
-
-
-class _Sink:
-    """Positional writes into the caller's file object, from several threads."""
-
-    def __init__(self, dest: WritableFile) -> None:
-        self._dest = dest
-        self._lock = threading.Lock()
-
-    def write_at(self, offset: int, data: bytes) -> None:
-        with self._lock:
-            self._dest.seek(offset)
-            while data:  # a raw file may take less than it was given
-                written = self._dest.write(data)
-                data = data[len(data) if written is None else written :]
-
-    def finish(self, size: int) -> None:
-        with self._lock:
-            self._dest.truncate(size)
-            self._dest.seek(size)
-            self._dest.flush()
-
-
-def _copy(body: Any, sink: _Sink, offset: int, length: int, progress: Progress | None) -> None:
-    """Copy `length` bytes of a streamed body to `sink` at `offset`; runs in a worker thread
-    started by trio, and stops there when its task is cancelled."""
-    with contextlib.closing(body):
-        while length > 0:
-            trio.from_thread.check_cancelled()
-            chunk = body.read(min(CHUNK, length))
-            if not chunk:
-                raise IncompleteReadError(actual_bytes=offset, expected_bytes=offset + length)
-            sink.write_at(offset, chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-            if progress:
-                trio.from_thread.run_sync(progress, len(chunk))
-
-
 def _head(key: str, resp: Mapping[str, Any]) -> Head:
     metadata = {str(k).lower(): str(v) for k, v in (resp.get("Metadata") or {}).items()}
     content_type = resp.get("ContentType")
     return Head(
         key=key,
-        etag=_unquote(resp.get("ETag")),
+        etag=unquote_etag(resp.get("ETag")),
         size=int(resp.get("ContentLength", 0)),
         last_modified=_epoch(resp.get("LastModified")),
         attrs=Attrs.from_metadata(metadata),
@@ -630,20 +447,8 @@ def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, Any]:
     if if_match is not None and if_none_match:
         raise ValueError("if_match and if_none_match exclude each other")
     if if_match is not None:
-        return {"IfMatch": _quote(if_match)}
+        return {"IfMatch": quote_etag(if_match)}
     return {"IfNoneMatch": "*"} if if_none_match else {}
-
-
-def _quote(etag: str) -> str:
-    return etag if etag.startswith('"') else f'"{etag}"'
-
-
-def _unquote(etag: object) -> str:
-    return str(etag or "").strip('"')
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
 
 
 def _epoch(value: object) -> float:

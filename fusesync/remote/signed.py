@@ -91,17 +91,17 @@ class FastClient:
 
     # -- the calls answered here ---------------------------------------------------------
 
-    def put_object(self, *, Bucket: str, Key: str, Body: Any, **kw: Any) -> dict[str, Any]:  # noqa: N803
+    def put_object(self, *, Bucket: str, Key: str, Body: Any, **kw: Any) -> dict[str, Any]:
         body = Body if isinstance(Body, bytes) else Body.read()
         headers = _headers(kw)
         reply = self._send("PUT", Bucket, Key, "PutObject", body, headers)
         return {"ETag": reply.headers.get("ETag", "")}
 
-    def head_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:  # noqa: N803
+    def head_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
         reply = self._send("HEAD", Bucket, Key, "HeadObject", b"", _headers(kw))
         return _object_shape(reply)
 
-    def get_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:  # noqa: N803
+    def get_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
         headers = _headers(kw)
         reply = self._send("GET", Bucket, Key, "GetObject", b"", headers, stream=True)
         shape = _object_shape(reply)
@@ -110,18 +110,18 @@ class FastClient:
             shape["ContentRange"] = reply.headers["Content-Range"]
         return shape
 
-    def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,  # noqa: N803
-                        ContinuationToken: str | None = None) -> dict[str, Any]:  # noqa: N803
+    def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
+                        ContinuationToken: str | None = None) -> dict[str, Any]:
         """One page of ListObjectsV2; keys come url-encoded, so any byte survives XML."""
         query = {"list-type": "2", "encoding-type": "url", "prefix": Prefix,
                  "max-keys": str(MaxKeys)}
         if ContinuationToken:
             query["continuation-token"] = ContinuationToken
-        reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {},
-                           query=urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote))
+        encoded = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+        reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {}, query=encoded)
         return _list_shape(reply.data)
 
-    def delete_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:  # noqa: N803
+    def delete_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
         self._send("DELETE", Bucket, Key, "DeleteObject", b"", _headers(kw))
         return {}
 
@@ -156,7 +156,7 @@ class FastClient:
                 raise EndpointConnectionError(endpoint_url=url, error=exc) from exc
             if reply.status < 300 or reply.status == 304:
                 return reply
-            data = reply.data if stream else reply.data  # an error body is small
+            data = reply.data  # an error body is small, streamed or not
             reply.release_conn()
             if reply.status in _RETRY_STATUS and attempt + 1 < _ATTEMPTS:
                 _backoff(attempt)
@@ -166,7 +166,7 @@ class FastClient:
 
 
 def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311 - jitter, not secrecy
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def _headers(kw: Mapping[str, Any]) -> dict[str, str]:
@@ -221,9 +221,7 @@ def _list_shape(data: bytes) -> dict[str, Any]:
             "Key": key(item.findtext(f"{ns}Key") or ""),
             "ETag": item.findtext(f"{ns}ETag") or "",
             "Size": int(item.findtext(f"{ns}Size") or 0),
-            "LastModified": datetime.fromisoformat(
-                (item.findtext(f"{ns}LastModified") or "1970-01-01T00:00:00Z").replace("Z", "+00:00")
-            ),
+            "LastModified": _iso(item.findtext(f"{ns}LastModified")),
         }
         for item in root.iter(f"{ns}Contents")
     ]
@@ -235,6 +233,10 @@ def _list_shape(data: bytes) -> dict[str, Any]:
     if token:
         shape["NextContinuationToken"] = token
     return shape
+
+
+def _iso(text: str | None) -> datetime:
+    return datetime.fromisoformat((text or "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
 
 
 def _error_response(reply: urllib3.BaseHTTPResponse, data: bytes) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class Tree:
         mode: int,
         mtime_ns: int | None,
         owner: Owner | None,
-        expect: Version | None | bool = True,
+        expect: Version | bool | None = True,
         final_name: str | None = None,
     ) -> os.stat_result:
         """Create `relpath` (or `final_name` beside it) from `fill(file)`, atomically.
@@ -127,7 +127,7 @@ class Tree:
                 os.close(fd)
 
     def write_symlink(
-        self, relpath: str, target: str, expect: Version | None | bool = True,
+        self, relpath: str, target: str, expect: Version | bool | None = True,
         final_name: str | None = None,
     ) -> os.stat_result:
         with self.parent_dir(relpath, create=True) as (dfd, name):
@@ -192,7 +192,7 @@ def version(st: os.stat_result) -> Version:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
 
 
-def _check_expected(dfd: int, name: str, expect: Version | None | bool, rel: str) -> None:
+def _check_expected(dfd: int, name: str, expect: Version | bool | None, rel: str) -> None:
     if expect is True:
         return
     try:

@@ -26,7 +26,6 @@ from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Progress, Report
 
-
 SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then written in one step."""
 
@@ -137,7 +136,7 @@ class Puller:
             if action.reason:
                 self.report.skipped.append((action.path, action.reason))
 
-    async def _fetch(self, row: Row, expect: Version | None | bool,
+    async def _fetch(self, row: Row, expect: Version | bool | None,
                      final_name: str | None = None) -> None:
         """Write the remote version at its path (or at `final_name` beside it)."""
         path = row["path"]
@@ -169,7 +168,7 @@ class Puller:
             local = columns.local_from_stat(st, Kind(kind), md5, row["remote_target"])
             self.rows.put(path, **local, **columns.local_base(local), **columns.remote_base(row))
 
-    def _write_file(self, row: Row, expect: Version | None | bool, final_name: str | None,
+    def _write_file(self, row: Row, expect: Version | bool | None, final_name: str | None,
                     md5_box: list[str], body: bytes | None) -> os.stat_result:
         """Download into a temporary file, verify, rename into place. Blocks (worker thread)."""
         key = self.target.prefix + row["path"]
@@ -181,7 +180,7 @@ class Puller:
                 trio.from_thread.run(self._download, key, f, row["remote_etag"])
             f.flush()
             f.seek(0)
-            digest = hashlib.file_digest(f, "md5").hexdigest()
+            digest = hashlib.file_digest(f, "md5").hexdigest()  # type: ignore[arg-type]
             if row["remote_md5"] and digest != row["remote_md5"]:
                 raise IntegrityError(f"'{row['path']}': downloaded data does not match its MD5")
             md5_box.append(digest)

@@ -17,6 +17,7 @@ from fusesync.errors import FusesyncError, RemoteChanged, SourceChanged
 from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
+from fusesync.sync.localfs import group_name, user_name
 from fusesync.sync.manifest import ManifestEntry, encode
 from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
@@ -135,8 +136,8 @@ class Pusher:
         self.manifest_changes[path] = ManifestEntry(
             kind=kind, etag=etag, md5=row["local_md5"], size=row["local_size"] or 0,
             mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
-            owner=columns.user_name(attrs.uid) if attrs.uid is not None else None,
-            group=columns.group_name(attrs.gid) if attrs.gid is not None else None,
+            owner=user_name(attrs.uid) if attrs.uid is not None else None,
+            group=group_name(attrs.gid) if attrs.gid is not None else None,
             mtime=attrs.mtime, target=row["local_target"],
         )
         if kind != Kind.DIR:

@@ -51,7 +51,9 @@ class RemoteScan:
         return self.objects == 0
 
 
-async def load_manifest(remote: Remote, target: Target) -> tuple[dict[str, ManifestEntry], str | None]:
+async def load_manifest(
+    remote: Remote, target: Target
+) -> tuple[dict[str, ManifestEntry], str | None]:
     got = await remote.get_bytes(target.manifest_key)
     if got is None:
         return {}, None

@@ -74,7 +74,8 @@ class Cluster:
 
 
 def show_bucket(server: SeaweedServer, prefix: str = "sync/") -> None:
-    print(f"\n$ aws s3 ls --recursive s3://{BUCKET}/{prefix}   (listed with boto3, plus s3fs headers)")
+    shown = f"aws s3 ls --recursive s3://{BUCKET}/{prefix}"
+    print(f"\n$ {shown}   (listed with boto3, plus the s3fs headers)")
     client = server.client()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     for page in pages:

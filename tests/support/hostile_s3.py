@@ -28,11 +28,11 @@ class HostileS3:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_HEAD(self) -> None:  # noqa: N802 - the http.server spelling
+            def do_HEAD(self) -> None:
                 stub.requests.append(f"HEAD {self.path}")
                 self._object(send_body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 stub.requests.append(f"GET {self.path}")
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
