@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -101,21 +101,15 @@ class Fetch:
             raise self.error
 
 
-class _RangeWriter(io.RawIOBase):
-    """The file object the remote writes into: positional writes, each one recorded."""
+class _RangeWriter:
+    """The file the remote writes into (a WritableFile): positional writes, each one
+    recorded as arrived. Called from transfer threads, one call at a time."""
 
     def __init__(self, fetch: Fetch) -> None:
-        super().__init__()
         self._fetch = fetch
         self._pos = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
         if whence == os.SEEK_CUR:
             offset += self._pos
         elif whence == os.SEEK_END:
@@ -123,19 +117,19 @@ class _RangeWriter(io.RawIOBase):
         self._pos = offset
         return offset
 
-    def tell(self) -> int:
-        return self._pos
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: bytes, /) -> int:
         written = os.pwrite(self._fetch.fd, data, self._pos)
         self._fetch.arrived(self._pos, self._pos + written)
         self._pos += written
         return written
 
-    def truncate(self, size: int | None = None) -> int:
+    def truncate(self, size: int | None = None, /) -> int:
         size = self._pos if size is None else size
         os.ftruncate(self._fetch.fd, size)
         return size
+
+    def flush(self) -> None:
+        pass
 
 
 class Fetcher:
@@ -149,6 +143,7 @@ class Fetcher:
         self.journal = journal
         self.nursery = nursery
         self.active: dict[Node, Fetch] = {}
+        self.on_fetched: Callable[[int], None] | None = None  # told each new file's size
 
     def start(self, node: Node, row: Row, dir_fd: int, name: str) -> Fetch:
         """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once."""
@@ -176,6 +171,8 @@ class Fetcher:
             renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
             placed = True
             self.journal.fetched(row, os.fstat(fetch.fd), md5)
+            if self.on_fetched is not None:
+                self.on_fetched(fetch.size)
         except (FusesyncError, OSError) as exc:
             code = errno.ESTALE if isinstance(exc, RemoteChanged | RemoteNotFound) else errno.EIO
             if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
@@ -188,6 +185,8 @@ class Fetcher:
             if not placed:
                 with contextlib.suppress(OSError):
                     os.unlink(fetch.tmp, dir_fd=fetch.dir_fd)
+                if fetch.error is None:  # cancelled: the mount is going away
+                    fetch.error = FetchFailed(f"cannot fetch '{fetch.path}': interrupted")
             os.close(fetch.fd)
             os.close(fetch.dir_fd)
             self.active.pop(node, None)

@@ -10,6 +10,7 @@ touches the disk or the remote.
 from __future__ import annotations
 
 import os
+
 from fusesync.index import Index, Row
 from fusesync.sync import base as columns
 from fusesync.sync.model import Kind

@@ -8,6 +8,7 @@ within a mount. This module knows nothing of the disk, the index or pyfuse3.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 ROOT_INODE = 1  # FUSE's root, pyfuse3.ROOT_INODE
@@ -21,7 +22,7 @@ class Node:
     name: str
     parent: Node | None
     nlookup: int = 0  # the kernel's lookup count: the node lives while it is above zero
-    opened: int = 0  # open file handles on it
+    opened: int = 0  # open file handles on it, and requests in flight that hold it
     children: dict[str, Node] = field(default_factory=dict)  # only the known ones
 
     @property
@@ -117,6 +118,17 @@ class InodeTable:
         """An open handle on `node` closed."""
         node.opened = max(0, node.opened - 1)
         self._drop(node)
+
+    @contextmanager
+    def held(self, *nodes: Node) -> Iterator[None]:
+        """Keep `nodes` in the table across awaits, whatever the kernel forgets meanwhile."""
+        for node in nodes:
+            node.opened += 1
+        try:
+            yield
+        finally:
+            for node in nodes:
+                self.release(node)
 
     def _drop(self, node: Node | None) -> None:
         """Forget nodes nothing refers to any more, climbing while parents become idle."""

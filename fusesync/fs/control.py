@@ -1,0 +1,150 @@
+"""The mount's control socket: the CLI's push, pull and status, run inside the daemon.
+
+One JSON line asks ({"verb": "push", "dry_run": false, ...}), one JSON line answers
+({"status": 0, "output": "..."}). The socket is 0600 in the target's state folder and
+only its owner (or root) is served. `forward` is the CLI's side: None when no daemon runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fusesync.config import Target
+from fusesync.errors import FusesyncError
+
+log = logging.getLogger("fusesync.mount")
+
+SOCKET_NAME = "control.sock"
+MAX_REQUEST = 1 << 16
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def socket_path(target: Target) -> Path:
+    return target.state_dir / SOCKET_NAME
+
+
+def forward(target: Target, verb: str, args: dict[str, Any]) -> tuple[int, str] | None:
+    """Run `verb` in the target's mount daemon: (exit status, output), or None when no
+    daemon listens. Blocks until the daemon has finished the run."""
+    path = socket_path(target)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            with _short(path) as short:
+                sock.connect(short)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            return None
+        sock.sendall(json.dumps({"verb": verb, **args}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(b"".join(chunks))
+        return int(reply["status"]), str(reply["output"])
+    except (ValueError, KeyError, TypeError):
+        raise FusesyncError(
+            f"the mount daemon of '{target.name}' gave no answer (see its mount.log)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _short(path: Path) -> Iterator[str]:
+    """A spelling of `path` short enough for sun_path (108 bytes), however deep the state
+    folder is: through a descriptor of its directory."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _bind(path: Path) -> socket.socket:
+    """Bind the listening socket, 0600. Blocks (and may reach through the mount when the
+    state folder lies inside the target, so it runs in a worker thread)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        with _short(path) as short:
+            sock.bind(short)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+async def serve(path: Path, handler: Handler,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests on `path` until cancelled; removes the socket file at the end."""
+    listener = trio.SocketListener(
+        trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_bind, path))
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(
+                functools.partial(_answer, handler=handler), [listener],
+                handler_nursery=nursery,
+            )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _peer_allowed(stream: trio.SocketStream) -> bool:
+    creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                     struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
+    async with stream:
+        if not _peer_allowed(stream):
+            return
+        data = b""
+        while len(data) < MAX_REQUEST:
+            chunk = await stream.receive_some(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        try:
+            request = json.loads(data)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            reply: dict[str, Any] = {"status": 2, "output": "fusesync: bad request\n"}
+        else:
+            reply = await _run(handler, request)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+async def _run(handler: Handler, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one request; a domain error becomes the CLI's one line and exit status."""
+    verb = request.get("verb", "?")
+    try:
+        return await handler(request)
+    except FusesyncError as exc:
+        return {"status": exc.exit_status, "output": f"fusesync {verb}: {exc}\n"}
+    except Exception as exc:
+        log.error("forwarded %s failed", verb, exc_info=exc)
+        return {"status": 1, "output": f"fusesync {verb}: internal error in the mount daemon: "
+                                       f"{exc!r} (see mount.log)\n"}

@@ -1,0 +1,185 @@
+"""The mount daemon: one target's FUSE mount from start to clean exit.
+
+Order matters: take the target's lock, clean a stale mount, open the directory's
+descriptor and the index, reconcile by a scan, and only then mount over the same path.
+Everything the daemon needs later is imported and opened before the mount exists, so it
+never reaches through its own mount (that would deadlock). It exits on unmount, SIGTERM
+or SIGINT, closing in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from fusesync.config import Config, Target
+from fusesync.errors import BusyError, FusesyncError
+from fusesync.fs import control, mountsync
+from fusesync.fs.adapter import Adapter
+from fusesync.fs.cache import Evictor
+from fusesync.fs.fetch import Fetcher
+from fusesync.fs.journal import Journal
+from fusesync.fs.mounts import MountState, is_stale, lazy_unmount, mount_state
+from fusesync.fs.overlay import Overlay
+from fusesync.index import Index, TargetLock
+from fusesync.remote.s3 import S3Remote
+from fusesync.sync.localfs import Tree
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.scan import scan_tree
+
+log = logging.getLogger("fusesync.mount")
+
+LOG_NAME = "mount.log"
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    foreground: bool = False
+    allow_other: bool = False
+    cache_limit: int | None = None  # bytes of clean fetched files to keep; None: no limit
+
+    def fuse_options(self) -> set[str]:
+        options = {"fsname=fusesync", "subtype=fusesync", "nosuid", "nodev",
+                   "default_permissions"}
+        if self.allow_other:
+            options.add("allow_other")  # safe only because default_permissions is always on
+        return options
+
+
+Say = Callable[[str], None]
+
+
+def run(config: Config, target: Target, options: MountOptions, say: Say,
+        ready: Callable[[], None]) -> None:
+    """Mount `target` and serve it until it is unmounted. Blocks; raises FusesyncError
+    (before `ready` is called) when the mount cannot start."""
+    os.umask(0o077)
+    os.chdir("/")
+    with ExitStack() as stack:
+        lock = TargetLock(target.state_dir, target.name, "mount")
+        try:
+            lock.acquire()
+        except BusyError as exc:
+            raise BusyError(f"'{target.name}' is already mounted or busy ({exc})") from None
+        stack.callback(lock.release)
+        _clean_stale(target.path, say)
+        root_fd = _open_root(target.path)
+        stack.callback(os.close, root_fd)
+        stack.enter_context(_logging(target.state_dir / LOG_NAME))
+        index = stack.enter_context(Index(target.state_dir / "index.db"))
+        exclude = PathMatcher(target.exclude)
+        _reconcile(root_fd, index, exclude)
+        remote = S3Remote(config.settings)
+        log.info("mounting '%s' at %s", target.name, target.path)
+        trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
+        log.info("unmounted '%s'", target.name)
+
+
+def _clean_stale(path: Path, say: Say) -> None:
+    state = mount_state(path)
+    if state == MountState.OTHER:
+        raise FusesyncError(f"'{path}' has another file system mounted on it; not mounting")
+    if state == MountState.FUSESYNC or is_stale(path):
+        # We hold the lock, so no live daemon owns this mount: it is a dead one's.
+        lazy_unmount(path)
+        say(f"cleaned a stale mount at '{path}' (its daemon had died)")
+
+
+def _open_root(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FusesyncError(f"directory '{path}' does not exist") from None
+    except NotADirectoryError:
+        raise FusesyncError(f"'{path}' is not a directory") from None
+
+
+@contextlib.contextmanager
+def _logging(path: Path):  # type: ignore[no-untyped-def]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root, ours = logging.getLogger(), logging.getLogger("fusesync")
+    root.addHandler(handler)  # pyfuse3's and the libraries' warnings too
+    root.setLevel(logging.WARNING)
+    ours.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _reconcile(root_fd: int, index: Index, exclude: PathMatcher) -> None:
+    """Catch up with changes made while unmounted (or before a daemon was killed)."""
+    result = scan_tree(root_fd, index, exclude)
+    with Tree(root_fd) as tree:
+        for leftover in result.leftovers:
+            tree.remove_leftover(leftover)
+    changed = Journal(index).reconcile()
+    log.info("scanned %d paths; %d changed since the last sync", result.paths, changed)
+
+
+async def _serve(config: Config, target: Target, options: MountOptions, root_fd: int,
+                 index: Index, remote: S3Remote, exclude: PathMatcher,
+                 ready: Callable[[], None]) -> None:
+    journal = Journal(index)
+    try:
+        async with trio.open_nursery() as nursery:
+            fetcher = Fetcher(remote, target.prefix, journal, nursery)
+            overlay = Overlay(root_fd, journal, fetcher, exclude)
+            try:
+                pyfuse3.init(Adapter(overlay), str(target.path), options.fuse_options())
+            except RuntimeError as exc:
+                raise FusesyncError(f"cannot mount '{target.path}': {exc}") from None
+            try:
+                service = mountsync.MountService(
+                    target, index, remote, overlay, journal, invalidate
+                )
+                await nursery.start(control.serve, control.socket_path(target),
+                                    service.handle)
+                nursery.start_soon(_signals)
+                if options.cache_limit is not None:
+                    evictor = Evictor(options.cache_limit, index, journal, overlay,
+                                      service.forget_in_kernel)
+                    fetcher.on_fetched = evictor.poke
+                    nursery.start_soon(evictor.run)
+                ready()
+                await pyfuse3.main()
+            finally:
+                nursery.cancel_scope.cancel()
+                pyfuse3.close(unmount=True)
+                overlay.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await remote.aclose()
+
+
+async def invalidate(entries: list[tuple[int, str, int | None]]) -> None:
+    """Make the kernel forget names and cached data the daemon changed behind it:
+    (parent inode, name, inode or None). Runs in a worker thread: these calls block."""
+
+    def run() -> None:
+        for parent, name, inode in entries:
+            if inode is not None:
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(inode)
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(parent, os.fsencode(name))
+
+    await trio.to_thread.run_sync(run)
+
+
+async def _signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()

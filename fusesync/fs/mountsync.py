@@ -1,0 +1,275 @@
+"""push, pull and status inside the mount daemon, on the same engine steps as the CLI's.
+
+Push reads only the journal's dirty rows (its cost grows with the changes, not the tree)
+and clears what it carried. Pull lists the remote into the index and leaves new remote
+files remote-only (fetched on first open); a clean local copy that went stale is evicted,
+one open meanwhile is fetched in place. Afterwards the kernel forgets what changed.
+This module never reaches the tree through the mount: only through the kept descriptor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fusesync.config import Target
+from fusesync.errors import SafetyStop
+from fusesync.fs import output
+from fusesync.fs.journal import Journal, is_remote_entry
+from fusesync.fs.overlay import Overlay
+from fusesync.index import Index, Row
+from fusesync.remote.base import Remote
+from fusesync.sync import base as columns
+from fusesync.sync.engine import DEFAULT_CONCURRENCY, Status
+from fusesync.sync.localfs import Tree, UnsafePath
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import Kind, kind_of
+from fusesync.sync.plan import Action, Op, plan_pull, plan_push
+from fusesync.sync.pull import Puller, local_version
+from fusesync.sync.push import Pusher
+from fusesync.sync.remote_scan import scan_remote
+from fusesync.sync.report import NoProgress, Report
+from fusesync.sync.scan import LOCAL_COLUMNS, md5_file, md5_text
+
+Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
+
+
+class MountService:
+    """The daemon's push, pull and status; one at a time."""
+
+    def __init__(self, target: Target, index: Index, remote: Remote, overlay: Overlay,
+                 journal: Journal, invalidate: Invalidate) -> None:
+        self.target = target
+        self.index = index
+        self.remote = remote
+        self.overlay = overlay
+        self.journal = journal
+        self.invalidate = invalidate
+        self.exclude = PathMatcher(target.exclude)
+        self.tree_path = Path(f"/proc/self/fd/{overlay.root_fd}")  # beneath the mount
+        self._busy = trio.Lock()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        verb = request.get("verb")
+        async with self._busy:
+            if verb == "push" or verb == "pull":
+                run = self.push if verb == "push" else self.pull
+                report = await run(bool(request.get("dry_run")),
+                                   float(request.get("max_delete", 0.5)))
+                return {"status": report.exit_status,
+                        "output": output.sync_text(self.target, report)}
+            if verb == "status":
+                status = await self.status()
+                return {"status": 0, "output": output.status_text(
+                    self.target, status, bool(request.get("json")))}
+        return {"status": 2, "output": f"fusesync: the mount does not forward '{verb}'\n"}
+
+    # -- detect: the journal instead of a scan ------------------------------------------
+
+    async def detect(self, rows: Sequence[Row]) -> list[tuple[str, str]]:
+        """Record the local state of the journaled paths; returns paths skipped (why),
+        whose rows keep their last known local state (an unreadable file is no delete)."""
+        skipped: list[tuple[str, str]] = []
+
+        def look() -> list[tuple[Any, ...]]:
+            values = []
+            with Tree(self.overlay.root_fd) as tree:
+                for row in rows:
+                    found = _local_values(tree, row, skipped)
+                    if found is not None:
+                        values.append((row["path"], *found))
+            return values
+
+        values = await trio.to_thread.run_sync(look)
+        with self.index.transaction():
+            self.index.upsert_many(LOCAL_COLUMNS, values)
+        return skipped
+
+    def _excluded(self, row: Row) -> bool:
+        is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
+        return self.exclude.matches(row["path"], is_dir)
+
+    def _guard(self, actions: list[Action], op: Op, max_delete: float) -> None:
+        deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
+        # Remote-only entries count as synced: in the mount they simply are not fetched.
+        synced = self.index.count("coalesce(base_kind, remote_kind) IN ('file', 'symlink')")
+        if deletes and deletes > max_delete * synced:
+            raise SafetyStop(
+                f"this run would delete {deletes} of {synced} synced files "
+                f"(more than {max_delete:.0%}); nothing was changed. "
+                "Check the target, then rerun with --max-delete 100% to allow it"
+            )
+
+    # -- push --------------------------------------------------------------------------
+
+    async def push(self, dry_run: bool, max_delete: float) -> Report:
+        report = Report("push", dry_run=dry_run)
+        upto = self.journal.snapshot()
+        rows = self.journal.dirty_rows(upto)
+        skipped = await self.detect(rows)
+        report.skipped.extend(skipped)
+        left = {path for path, _ in skipped}
+        paths = [row["path"] for row in rows if row["path"] not in left]
+        actions = []
+        for path in paths:
+            row = self.index.require(path)
+            action = plan_push(row, remote_listed=False)
+            if action is not None and not self._excluded(row):
+                actions.append(action)
+        self._guard(actions, Op.DELETE_REMOTE, max_delete)
+        if dry_run:
+            report.planned = actions
+            return report.done()
+        if actions:
+            await self._prepare_remote()
+            self.index.set_meta("push_running", "1")
+            target = dataclasses.replace(self.target, path=self.tree_path)
+            pusher = Pusher(target, self.index, self.remote, report, NoProgress())
+            await pusher.run(actions, DEFAULT_CONCURRENCY)
+            self.index.set_meta("push_running", "")
+        for path in paths:
+            self._settle_journal(path, upto)
+        self.index.prune()
+        return report.done()
+
+    def _settle_journal(self, path: str, upto: int) -> None:
+        """Clear the mark of a path push has carried; keep it where work is left."""
+        row = self.index.get(path)
+        if row is None:
+            return
+        action = plan_push(row, remote_listed=False)
+        if action is not None and action.op == Op.KEEP_REMOTE:
+            self.index.upsert(path, **columns.NO_BASE)  # the remote copy stays: show it
+            action = None
+        if action is None or self._excluded(row):
+            self.journal.clear(path, upto)
+
+    async def _prepare_remote(self) -> None:
+        if not self.index.meta("bucket_ok"):
+            if not await self.remote.bucket_exists():
+                await self.remote.create_bucket()
+            self.index.set_meta("bucket_ok", "1")
+        if self.index.meta("push_running"):
+            await self.remote.abort_multipart_uploads(self.target.prefix)
+
+    # -- pull --------------------------------------------------------------------------
+
+    async def pull(self, dry_run: bool, max_delete: float) -> Report:
+        report = Report("pull", dry_run=dry_run)
+        listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
+        report.skipped.extend(listing.skipped)
+        report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
+        synced = self.index.count("base_kind IS NOT NULL")
+        if listing.empty and synced:
+            raise SafetyStop(
+                f"the remote {self.target.url} is empty but {synced} paths were synced from it "
+                "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
+            )
+        actions = [a for row in self.index.rows()
+                   if (a := plan_pull(row)) is not None and not self._excluded(row)]
+        self._guard(actions, Op.DELETE_LOCAL, max_delete)
+        if dry_run:
+            report.planned = actions
+            return report.done()
+        open_paths = self._open_paths(writable=False)
+        writing = self._open_paths(writable=True)
+        delegated: list[Action] = []
+        with Tree(self.overlay.root_fd) as tree:
+            for action in actions:
+                row = self.index.require(action.path)
+                if action.path in writing and action.op in (Op.FETCH, Op.DELETE_LOCAL):
+                    # replacing or removing it would strand what is written through the
+                    # open handle; left for the next pull
+                    report.skipped.append((action.path, "open for writing here; pull again "
+                                           "once it is closed"))
+                elif action.op != Op.FETCH or action.path in open_paths:
+                    delegated.append(action)
+                elif tree.lstat(action.path) is None:
+                    if row["dirty"] and row["base_kind"] is not None:  # deleted here: restore
+                        self.index.upsert(action.path, **columns.NO_BASE, dirty=0)
+                elif action.kind == Kind.DIR:
+                    delegated.append(action)
+                elif tree.remove(action.path, local_version(row)):
+                    self.journal.evicted(action.path)  # stale and clean: remote-only again
+                else:
+                    report.skipped.append((action.path, "changed locally; kept"))
+            puller = Puller(self.target, self.index, self.remote, tree, report, NoProgress())
+            await puller.run(delegated, DEFAULT_CONCURRENCY)
+        self.index.prune()
+        self.overlay.dirs.clear()
+        await self.forget_in_kernel([a.path for a in actions])
+        return report.done()
+
+    def _open_paths(self, writable: bool) -> set[str]:
+        nodes = self.overlay.handles.open_nodes(writable)
+        return {node.path for node in nodes if not node.detached}
+
+    async def forget_in_kernel(self, paths: list[str]) -> None:
+        """Tell the kernel to drop the names and cached data of `paths` (changed behind
+        its back by a pull or an eviction)."""
+        entries: list[tuple[int, str, int | None]] = []
+        for path in paths:
+            parent_path, _, name = path.rpartition("/")
+            parent = self.overlay.inodes.find(parent_path)
+            if parent is None:
+                continue
+            node = parent.children.get(name)
+            entries.append((parent.inode, name, node.inode if node is not None else None))
+        if entries:
+            await self.invalidate(entries)
+
+    # -- status ------------------------------------------------------------------------
+
+    async def status(self) -> Status:
+        listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
+        skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
+        result = Status(skipped=[*listing.skipped, *skipped])
+        for row in self.index.rows():
+            if self._excluded(row):
+                continue
+            push = plan_push(row, remote_listed=True)
+            if push is not None:
+                result.push.append(push)
+            pull = plan_pull(row)
+            remote_only = row["local_kind"] is None and is_remote_entry(row)
+            if pull is not None and not (pull.op == Op.FETCH and remote_only):
+                result.pull.append(pull)
+        return result
+
+
+def _local_values(tree: Tree, row: Row, skipped: list[tuple[str, str]]
+                  ) -> tuple[Any, ...] | None:
+    """The local columns for one path as a scan would record them, or None when it cannot
+    be read (reported in `skipped`). Blocks."""
+    path = row["path"]
+    st = tree.lstat(path)
+    kind = kind_of(st.st_mode) if st is not None else None
+    if st is None or kind is None:
+        if st is not None:
+            skipped.append((path, "special file (fifo, socket or device)"))
+        return (None,) * len(LOCAL_COLUMNS)
+    md5: str | None = None
+    target: str | None = None
+    try:
+        with tree.parent_dir(path) as (dir_fd, name):
+            if kind == Kind.FILE:
+                same = (row["local_md5"] is not None and row["local_size"] == st.st_size
+                        and row["local_mtime_ns"] == st.st_mtime_ns
+                        and row["local_ctime_ns"] == st.st_ctime_ns
+                        and row["local_ino"] == st.st_ino and row["local_mode"] == st.st_mode)
+                md5 = row["local_md5"] if same else md5_file(name, dir_fd=dir_fd)
+            elif kind == Kind.SYMLINK:
+                target = os.readlink(name, dir_fd=dir_fd)
+                md5 = md5_text(target)
+    except (OSError, UnsafePath) as exc:
+        skipped.append((path, f"unreadable: {getattr(exc, 'strerror', None) or exc}"))
+        return None
+    return (kind.value, st.st_size if kind != Kind.DIR else 0, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_ino, st.st_mode, st.st_uid, st.st_gid, md5, target)
+
+

@@ -1,0 +1,297 @@
+"""The overlay's view: the target's directory plus its remote-only entries, as one tree.
+
+Names, attributes and listings come from the underlying directory (through the kept
+descriptor, never through the mount) or from the index; a remote-only entry becomes local
+here (a directory made, a symlink written, a file fetched). Errors are OSError or
+FusesyncError, both with an errno. No pyfuse3 here; changes are namespace.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from fusesync.fs.attrs import Attr, FsStats
+from fusesync.fs.dirs import DirFds
+from fusesync.fs.fetch import Fetch, Fetcher, FetchFailed
+from fusesync.fs.handles import DirHandle, Handles
+from fusesync.fs.journal import Journal
+from fusesync.fs.nodes import ROOT_INODE, InodeTable, Node
+from fusesync.index import Row
+from fusesync.sync.localfs import TMP_MARK, local_ids
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import SPECIAL_BITS, Kind
+from fusesync.sync.pull import remote_owner
+from fusesync.sync.scan import md5_text
+
+
+def fail(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code), what)
+
+
+def check_name(name: str) -> None:
+    """Names the journal can record: valid UTF-8, and never one of our temporary names."""
+    if TMP_MARK in name:
+        raise fail(errno.EINVAL, name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(errno.EILSEQ, name) from None
+
+
+class View:
+    """The mounted tree, by inode. Call from one trio thread; safe across awaits."""
+
+    def __init__(
+        self,
+        root_fd: int,
+        journal: Journal,
+        fetcher: Fetcher | None = None,
+        exclude: PathMatcher | None = None,
+    ) -> None:
+        self.root_fd = root_fd
+        self.journal = journal
+        self.fetcher = fetcher
+        self.exclude = exclude or PathMatcher(())
+        self.inodes = InodeTable()
+        self.dirs = DirFds(root_fd)
+        self.handles = Handles()
+        self.last_used: dict[str, float] = {}  # path -> when last opened (for --cache-limit)
+        self.as_root = os.geteuid() == 0
+
+    # -- resolving -------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        return self.inodes.get(ino)
+
+    def _where(self, node: Node) -> tuple[int | None, str]:
+        """(descriptor of the containing directory, or None if it is not local; name)."""
+        if node.parent is None:
+            raise fail(errno.ENOENT, node.name)
+        return self.dirs.get(node.parent), node.name
+
+    def _lstat(self, node: Node) -> os.stat_result | None:
+        if node.inode == ROOT_INODE:
+            return os.fstat(self.root_fd)
+        dir_fd, name = self._where(node)
+        if dir_fd is None:
+            return None
+        try:
+            return os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+
+    def _remote(self, node: Node) -> Row | None:
+        path = node.path
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return self.journal.remote_entry(path)
+
+    def _remote_only(self, node: Node) -> Row | None:
+        """The row of a remote-only entry: on the remote, nothing local at its path."""
+        return None if self._lstat(node) is not None else self._remote(node)
+
+    def attr(self, node: Node) -> Attr:
+        if node.detached:
+            handle = self.handles.any_for(node)
+            if handle is None:
+                raise fail(errno.ENOENT)
+            return Attr.from_stat(node.inode, os.fstat(handle.fd))
+        st = self._lstat(node)
+        if st is not None:
+            return Attr.from_stat(node.inode, st)
+        row = self._remote(node)
+        if row is None:
+            raise fail(errno.ENOENT, node.path)
+        return Attr.from_remote(node.inode, row)
+
+    def _kind(self, node: Node) -> Kind | None:
+        st = self._lstat(node)
+        if st is not None:
+            return Kind.DIR if stat.S_ISDIR(st.st_mode) else Kind.FILE
+        row = self._remote(node)
+        return Kind(row["remote_kind"]) if row is not None else None
+
+    def _mark(self, path: str, is_dir: bool = False) -> None:
+        if path and not self.exclude.matches(path, is_dir):
+            self.journal.mark(path)
+
+    # -- lookups and listings ----------------------------------------------------------
+
+    def lookup(self, parent_ino: int, name: str) -> Attr:
+        parent = self.node(parent_ino)
+        if name == ".":
+            node = parent
+        elif name == "..":
+            node = parent.parent or self.inodes.root
+        elif TMP_MARK in name:
+            raise fail(errno.ENOENT, name)
+        else:
+            node = self.inodes.child(parent, name)
+        try:
+            attr = self.attr(node)
+        except BaseException:
+            self.inodes.forget(node.inode, 0)
+            raise
+        self.inodes.remember(node)
+        return attr
+
+    def getattr(self, ino: int) -> Attr:
+        return self.attr(self.node(ino))
+
+    def forget(self, inode: int, count: int) -> None:
+        self.inodes.forget(inode, count)
+
+    def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        dir_fd, name = self._where(node)
+        if dir_fd is not None:
+            try:
+                return os.readlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        row = self._remote(node)
+        if row is None or row["remote_kind"] != Kind.SYMLINK:
+            raise fail(errno.ENOENT if row is None else errno.EINVAL, node.path)
+        return str(row["remote_target"])
+
+    def _names(self, node: Node) -> tuple[list[str], dict[str, Row]]:
+        """A directory's local names and its remote-only entries not among them."""
+        fd = self.dirs.get(node)
+        local: list[str] = []
+        if fd is not None:
+            local = [name for name in os.listdir(fd) if TMP_MARK not in name]
+        elif self._remote(node) is None:
+            raise fail(errno.ENOENT, node.path)
+        try:
+            remote = self.journal.remote_children(node.path)
+        except UnicodeEncodeError:
+            remote = {}
+        present = set(local)
+        return local, {n: r for n, r in remote.items() if n not in present}
+
+    def opendir(self, ino: int) -> int:
+        node = self.node(ino)
+        local, remote = self._names(node)
+        return self.handles.add_dir(DirHandle(node, [*local, *remote]))
+
+    def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node, Attr, int]]:
+        """Entries from offset `start`: (name, node, attributes, next offset). The caller
+        must call remember() or discard() on each node it is given."""
+        handle = self.handles.dir(dh)
+        for offset in range(start, len(handle.names)):
+            name = handle.names[offset]
+            node = self.inodes.child(handle.node, name)
+            try:
+                attr = self.attr(node)
+            except FileNotFoundError:
+                self.discard(node)  # gone since opendir: skipped, offsets stay stable
+                continue
+            yield name, node, attr, offset + 1
+
+    def remember(self, node: Node) -> None:
+        self.inodes.remember(node)
+
+    def discard(self, node: Node) -> None:
+        self.inodes.forget(node.inode, 0)
+
+    def releasedir(self, dh: int) -> None:
+        self.handles.drop_dir(dh)
+
+    def is_empty(self, node: Node) -> bool:
+        local, remote = self._names(node)
+        return not local and not remote
+
+    def statfs(self) -> FsStats:
+        return FsStats.from_statvfs(os.statvfs(self.root_fd))
+
+    # -- making remote-only entries local ----------------------------------------------
+
+    def local_dir(self, node: Node) -> int:
+        """The directory's descriptor, creating it from its remote-only entry if needed."""
+        fd = self.dirs.get(node)
+        if fd is not None:
+            return fd
+        row = self._remote(node)
+        if row is None or node.parent is None:
+            raise fail(errno.ENOENT, node.path)
+        if row["remote_kind"] != Kind.DIR:
+            raise fail(errno.ENOTDIR, node.path)
+        parent_fd = self.local_dir(node.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+        self._apply_remote(parent_fd, node.name, row)
+        self.journal.fetched(row, os.lstat(node.name, dir_fd=parent_fd), None)
+        fd = self.dirs.get(node)
+        if fd is None:
+            raise fail(errno.ENOENT, node.path)
+        return fd
+
+    def _apply_remote(self, dir_fd: int, name: str, row: Row) -> None:
+        if self.as_root:
+            uid, gid = local_ids(remote_owner(row))
+            if uid is not None or gid is not None:
+                os.chown(name, -1 if uid is None else uid, -1 if gid is None else gid,
+                         dir_fd=dir_fd, follow_symlinks=False)
+        if row["remote_kind"] != Kind.SYMLINK:
+            mode = (row["remote_mode"] or 0o755) & 0o7777 & ~SPECIAL_BITS
+            os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+
+    async def materialize(self, node: Node) -> None:
+        """Make a remote-only entry local: a directory is created, a symlink written, a
+        file fetched (waiting for the whole file). Local entries are left as they are."""
+        fetch = self.fetcher.active.get(node) if self.fetcher else None
+        if fetch is not None:
+            await fetch.wait()
+            return
+        row = self._remote_only(node)
+        if row is None:
+            return
+        kind = row["remote_kind"]
+        if kind == Kind.DIR:
+            self.local_dir(node)
+        elif kind == Kind.SYMLINK:
+            assert node.parent is not None
+            parent_fd = self.local_dir(node.parent)
+            os.symlink(row["remote_target"], node.name, dir_fd=parent_fd)
+            self._apply_remote(parent_fd, node.name, row)
+            st = os.lstat(node.name, dir_fd=parent_fd)
+            self.journal.fetched(row, st, md5_text(row["remote_target"]))
+        else:
+            await self.start_fetch(node, row).wait()
+
+    def start_fetch(self, node: Node, row: Row) -> Fetch:
+        if self.fetcher is None:
+            raise FetchFailed(f"cannot fetch '{row['path']}': the remote is not connected")
+        assert node.parent is not None
+        parent_fd = self.local_dir(node.parent)
+        return self.fetcher.start(node, row, parent_fd, node.name)
+
+    async def materialize_tree(self, node: Node) -> None:
+        """Make `node` and every remote-only entry below it local (before a rename)."""
+        await self.materialize(node)
+        base = node.path
+        rows = self.journal.index.rows(
+            "path > ? AND path < ? AND remote_kind IS NOT NULL AND dirty = 0",
+            (base + "/", base + "0"),
+        )
+        made: list[Node] = []
+        for row in list(rows):
+            below = node
+            for part in row["path"][len(base) + 1 :].split("/"):
+                below = self.inodes.child(below, part)
+                made.append(below)
+            await self.materialize(below)
+        for below in reversed(made):
+            self.inodes.forget(below.inode, 0)
+
+    async def settle(self, node: Node) -> None:
+        """Wait for a fetch of `node` in flight to end, however it ends."""
+        fetch = self.fetcher.active.get(node) if self.fetcher else None
+        if fetch is not None:
+            await fetch.done.wait()

@@ -1,0 +1,145 @@
+"""Real mounts for the tests: `fusesync mount NAME --foreground` in a subprocess.
+
+`Mount.start` waits until the path is a mount point; `Mount.stop` unmounts lazily
+(fusermount3 -u -z) and ends the subprocess by its pid, also when the test failed. A
+mount must never outlive its test, and nothing here touches a mount it did not make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOUNT_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+
+
+def is_mounted(path: Path) -> bool:
+    """True when `path` is a mount point in /proc/self/mountinfo (works for stale ones)."""
+    where = os.path.abspath(path)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == where:
+            return True
+    return False
+
+
+def wait_until(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Mount:
+    """One `fusesync mount` subprocess and the path it mounts."""
+
+    path: Path
+    env: dict[str, str]
+    name: str = "default"
+    args: tuple[str, ...] = ()
+    log_dir: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "fusesync.cli", "mount", self.name, "--foreground",
+                *self.args]
+
+    def start(self) -> Mount:
+        out_dir = self.log_dir or self.path.parent
+        self.stdout = out_dir / f"mount-{self.name}-{os.getpid()}-{time.monotonic_ns()}.out"
+        with self.stdout.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command(), env={**os.environ, **self.env}, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"fusesync mount exited ({self.proc.returncode}):\n"
+                                   f"{self.output()}")
+            return is_mounted(self.path) and "mounted at" in self.output()
+
+        try:
+            wait_until(up, MOUNT_TIMEOUT, f"the mount at {self.path}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def output(self) -> str:
+        try:
+            return self.stdout.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """kill -9 the daemon: the mount stays behind, stale."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(EXIT_TIMEOUT)
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Lazy unmount if still mounted, then make sure our subprocess is gone."""
+        if is_mounted(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
+                           capture_output=True)
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(EXIT_TIMEOUT)
+
+
+@contextlib.contextmanager
+def mounted(path: Path, env: dict[str, str], name: str = "default",
+            *args: str) -> Iterator[Mount]:
+    """A live mount of target `name` at `path` for the duration of the block."""
+    mount = Mount(path, env, name, args)
+    mount.start()
+    try:
+        yield mount
+    finally:
+        mount.stop()
+
+
+def forward_in(env: dict[str, str], verb: str, name: str = "default",
+               **args: object) -> tuple[int, str]:
+    """Run `verb` in the mount daemon of target `name`, as the CLI does while mounted."""
+    from fusesync.config import Config
+    from fusesync.fs.control import forward
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        target = Config.load().target(name)
+        reply = forward(target, verb, dict(args))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert reply is not None, f"no mount daemon answers for '{name}'"
+    return reply

@@ -1,0 +1,275 @@
+"""The overlay core without a mount: union view, journal marks, lazy fetch, POSIX errors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+import trio
+
+from fusesync.errors import FusesyncError, RemoteError
+from fusesync.fs.attrs import Caller, Changes
+from fusesync.fs.dirs import RENAME_EXCHANGE, RENAME_NOREPLACE
+from fusesync.fs.fetch import Fetcher
+from fusesync.fs.journal import Journal
+from fusesync.fs.nodes import ROOT_INODE
+from fusesync.fs.overlay import Overlay
+from fusesync.index import Index
+from fusesync.remote.base import Attrs, Head
+from fusesync.sync.localfs import TMP_MARK, Tree
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.scan import scan_tree
+
+PREFIX = "sync/tester/t/"
+ME = Caller(os.getuid(), os.getgid(), 0o022)
+
+
+class FakeRemote:
+    """Objects in memory; a download can be held half-way until `release` is set."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.hold_after: int | None = None
+        self.release = trio.Event()
+        self.fail = False
+        self.downloads = 0
+
+    async def download_file(self, key: str, dest: BinaryIO, *, if_match: str | None = None,
+                            progress: Any = None) -> Head:
+        self.downloads += 1
+        if self.fail:
+            raise RemoteError("cannot reach the endpoint: refused")
+        body = self.objects[key]
+        half = len(body) if self.hold_after is None else self.hold_after
+        dest.seek(0)
+        dest.write(body[:half])
+        if progress:
+            progress(half)
+        if half < len(body):
+            await self.release.wait()
+            dest.seek(half)
+            dest.write(body[half:])
+            if progress:
+                progress(len(body) - half)
+        dest.truncate(len(body))
+        return Head(key, "etag", len(body), 0.0, Attrs())
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "tree"
+    path.mkdir()
+    (path / "local.txt").write_text("local")
+    (path / "docs").mkdir()
+    (path / "docs" / "readme").write_text("read me")
+    return path
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    with Index(tmp_path / "state" / "index.db") as index:
+        yield index
+
+
+@pytest.fixture
+def remote() -> FakeRemote:
+    return FakeRemote()
+
+
+def add_remote(index: Index, remote: FakeRemote, path: str, body: bytes | None = None,
+               mode: int = 0o640, mtime: float = 1_600_000_000.5) -> None:
+    """A row as a pull while mounted leaves it: remote known, nothing local."""
+    if body is None:
+        index.upsert(path, remote_kind="dir", remote_mode=stat.S_IFDIR | 0o750, remote_size=0)
+        return
+    md5 = hashlib.md5(body).hexdigest()
+    remote.objects[PREFIX + path] = body
+    index.upsert(path, remote_kind="file", remote_etag=md5, remote_md5=md5,
+                 remote_size=len(body), remote_mode=stat.S_IFREG | mode, remote_mtime=mtime)
+
+
+@pytest.fixture
+async def overlay(root: Path, index: Index, remote: FakeRemote) -> AsyncIterator[Overlay]:
+    with Tree(root) as tree:
+        scan_tree(tree.fd, index, PathMatcher(()))
+    add_remote(index, remote, "remote.bin", b"0123456789" * 1000)
+    add_remote(index, remote, "far")
+    add_remote(index, remote, "far/away.txt", b"far away")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    journal = Journal(index)
+    async with trio.open_nursery() as nursery:
+        fetcher = Fetcher(remote, PREFIX, journal, nursery)  # type: ignore[arg-type]
+        overlay = Overlay(fd, journal, fetcher)
+        yield overlay
+        overlay.close()
+        nursery.cancel_scope.cancel()
+    os.close(fd)
+
+
+def names(overlay: Overlay, ino: int = ROOT_INODE) -> dict[str, int]:
+    dh = overlay.opendir(ino)
+    found = {}
+    for name, node, attr, _ in overlay.readdir(dh, 0):
+        overlay.remember(node)
+        found[name] = attr.mode
+    overlay.releasedir(dh)
+    return found
+
+
+async def fetched(overlay: Overlay) -> None:
+    """Wait until every fetch in flight has ended."""
+    assert overlay.fetcher is not None
+    while overlay.fetcher.active:
+        await next(iter(overlay.fetcher.active.values())).done.wait()
+
+
+def dirty(index: Index) -> set[str]:
+    return {row["path"] for row in index.rows("dirty != 0")}
+
+
+async def test_union_shows_local_and_remote_only_entries(overlay: Overlay, index: Index) -> None:
+    listing = names(overlay)
+    assert set(listing) == {"local.txt", "docs", "remote.bin", "far"}
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    assert attr.size == 10_000 and stat.S_IMODE(attr.mode) == 0o640
+    assert attr.mtime_ns == 1_600_000_000_500_000_000
+    far = overlay.lookup(ROOT_INODE, "far")
+    assert stat.S_ISDIR(far.mode)
+    assert set(names(overlay, far.ino)) == {"away.txt"}
+    with pytest.raises(FileNotFoundError):
+        overlay.lookup(ROOT_INODE, "nothing")
+    assert not dirty(index)
+
+
+async def test_open_fetches_into_the_tree(overlay: Overlay, root: Path, index: Index) -> None:
+    far = overlay.lookup(ROOT_INODE, "far")
+    away = overlay.lookup(far.ino, "away.txt")
+    fh = await overlay.open(away.ino, os.O_RDONLY)
+    assert await overlay.read(fh, 0, 100) == b"far away"
+    overlay.release(fh)
+    await fetched(overlay)
+    assert (root / "far" / "away.txt").read_bytes() == b"far away"
+    assert stat.S_IMODE((root / "far" / "away.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((root / "far").stat().st_mode) == 0o750
+    row = index.require("far/away.txt")
+    assert row["base_kind"] == "file" and row["local_kind"] == "file" and not row["dirty"]
+    assert not [p for p in os.listdir(root / "far") if TMP_MARK in p]
+
+
+async def test_read_waits_only_for_its_range(overlay: Overlay, remote: FakeRemote,
+                                             root: Path) -> None:
+    remote.hold_after = 4000
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    fh = await overlay.open(attr.ino, os.O_RDONLY)
+    assert await overlay.read(fh, 0, 100) == b"0123456789" * 10  # before the rest arrives
+    assert not (root / "remote.bin").exists()  # not in place until complete
+    with trio.move_on_after(0.2) as late:
+        await overlay.read(fh, 9000, 100)
+    assert late.cancelled_caught
+    remote.release.set()
+    assert await overlay.read(fh, 9990, 100) == b"0123456789"
+    overlay.release(fh)
+    await fetched(overlay)
+    assert (root / "remote.bin").read_bytes() == b"0123456789" * 1000
+
+
+async def test_failed_fetch_is_eio_and_leaves_nothing(overlay: Overlay, remote: FakeRemote,
+                                                      root: Path) -> None:
+    remote.fail = True
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    fh = await overlay.open(attr.ino, os.O_RDONLY)
+    with pytest.raises(FusesyncError) as caught:
+        await overlay.read(fh, 0, 10)
+    assert caught.value.errno == errno.EIO
+    overlay.release(fh)
+    assert sorted(os.listdir(root)) == ["docs", "local.txt"]
+    remote.fail = False  # the next open tries again
+    fh = await overlay.open(attr.ino, os.O_RDWR)
+    assert await overlay.read(fh, 0, 4) == b"0123"
+    overlay.release(fh)
+
+
+async def test_changes_land_in_the_tree_and_the_journal(overlay: Overlay, root: Path,
+                                                        index: Index) -> None:
+    fh, attr = overlay.create(ROOT_INODE, "new.txt", 0o666, os.O_WRONLY, ME)
+    assert stat.S_IMODE(attr.mode) == 0o644
+    assert overlay.write(fh, 0, b"hello") == 5
+    overlay.release(fh)
+    docs = overlay.lookup(ROOT_INODE, "docs")
+    overlay.mkdir(docs.ino, "sub", 0o777, ME)
+    overlay.symlink(ROOT_INODE, "ln", "docs/readme", ME)
+    await overlay.setattr(overlay.lookup(ROOT_INODE, "local.txt").ino, Changes(mode=0o600), None)
+    await overlay.unlink(docs.ino, "readme")
+    assert (root / "new.txt").read_text() == "hello"
+    assert (root / "docs" / "sub").is_dir() and os.readlink(root / "ln") == "docs/readme"
+    assert stat.S_IMODE((root / "local.txt").stat().st_mode) == 0o600
+    assert not (root / "docs" / "readme").exists()
+    assert dirty(index) == {"new.txt", "docs/sub", "ln", "local.txt", "docs/readme"}
+    assert "readme" not in names(overlay, docs.ino)
+
+
+async def test_deleting_a_remote_only_file_hides_it(overlay: Overlay, index: Index) -> None:
+    await overlay.unlink(ROOT_INODE, "remote.bin")
+    assert "remote.bin" not in names(overlay)
+    row = index.require("remote.bin")
+    assert row["dirty"] and row["base_etag"] == row["remote_etag"]  # push deletes exactly it
+    with pytest.raises(OSError) as caught:
+        overlay.rmdir(ROOT_INODE, "far")
+    assert caught.value.errno == errno.ENOTEMPTY
+
+
+async def test_directory_rename_moves_rows_and_fetches_remote_only_ones(
+    overlay: Overlay, root: Path, index: Index
+) -> None:
+    await overlay.rename(ROOT_INODE, "far", ROOT_INODE, "near", 0)
+    assert (root / "near" / "away.txt").read_bytes() == b"far away"
+    assert {"far", "far/away.txt", "near", "near/away.txt"} <= dirty(index)
+    assert "far" not in names(overlay) and "near" in names(overlay)
+    near = overlay.lookup(ROOT_INODE, "near")
+    assert set(names(overlay, near.ino)) == {"away.txt"}
+
+
+async def test_rename_flags_and_errors(overlay: Overlay, root: Path) -> None:
+    with pytest.raises(FileExistsError):
+        await overlay.rename(ROOT_INODE, "local.txt", ROOT_INODE, "remote.bin", RENAME_NOREPLACE)
+    with pytest.raises(OSError) as caught:
+        await overlay.rename(ROOT_INODE, "local.txt", ROOT_INODE, "docs", 0)
+    assert caught.value.errno == errno.EISDIR
+    docs = overlay.lookup(ROOT_INODE, "docs")
+    await overlay.rename(docs.ino, "readme", ROOT_INODE, "local.txt", RENAME_EXCHANGE)
+    assert (root / "local.txt").read_text() == "read me"
+    assert (root / "docs" / "readme").read_text() == "local"
+    await overlay.rename(ROOT_INODE, "local.txt", ROOT_INODE, "remote.bin", 0)
+    assert (root / "remote.bin").read_text() == "read me"
+    assert names(overlay).keys() == {"docs", "remote.bin", "far"}
+
+
+async def test_truncate_of_remote_only_file_needs_no_fetch(
+    overlay: Overlay, remote: FakeRemote, root: Path, index: Index
+) -> None:
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    after = await overlay.setattr(attr.ino, Changes(size=0), None)
+    assert after.size == 0 and remote.downloads == 0
+    assert (root / "remote.bin").read_bytes() == b""
+    row = index.require("remote.bin")
+    assert row["dirty"] and row["base_etag"] == row["remote_etag"]
+
+
+async def test_xattrs_user_namespace_only(overlay: Overlay) -> None:
+    attr = overlay.lookup(ROOT_INODE, "local.txt")
+    await overlay.setxattr(attr.ino, "user.colour", b"blue")
+    assert overlay.getxattr(attr.ino, "user.colour") == b"blue"
+    assert overlay.listxattr(attr.ino) == ["user.colour"]
+    with pytest.raises(OSError) as caught:
+        await overlay.setxattr(attr.ino, "trusted.x", b"1")
+    assert caught.value.errno == errno.EOPNOTSUPP
+    overlay.removexattr(attr.ino, "user.colour")
+    with pytest.raises(OSError) as caught:
+        overlay.getxattr(attr.ino, "user.colour")
+    assert caught.value.errno == errno.ENODATA
