@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 import click
 
 from fusesync import __version__
-from fusesync.config import ADDRESSING_STYLES, Config
+from fusesync.config import ADDRESSING_STYLES, Config, Target
 from fusesync.errors import Declined, FusesyncError, first_leaf
+from fusesync.index.lock import TargetLock
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
 
@@ -192,9 +193,10 @@ def remove(ctx: click.Context, name: str, yes: bool) -> None:
     """
     config = load_config(ctx)
     target = config.remove_target(name)  # in memory only until confirmed
-    confirm(f"Remove sync configuration for '{target.name}' (Y/N)?", yes)
-    config.save()
-    shutil.rmtree(target.state_dir, ignore_errors=True)
+    with TargetLock(target.state_dir, target.name, "remove"):  # not while mounted or syncing
+        confirm(f"Remove sync configuration for '{target.name}' (Y/N)?", yes)
+        config.save()
+        shutil.rmtree(target.state_dir, ignore_errors=True)
     click.echo(f"fusesync remove: removed '{target.name}'")
 
 
@@ -236,6 +238,19 @@ def _progress(label: str) -> Any:
     return None
 
 
+def _forward_if_mounted(
+    ctx: click.Context, target: Target, verb: str, options: dict[str, Any]
+) -> None:
+    """While mounted, the daemon owns the target: it runs the verb and we print its answer."""
+    from fusesync.fs.control import forward
+
+    answer = forward(target, verb, options)
+    if answer is not None:
+        status, text = answer
+        click.echo(text, nl=False, err=status not in (0, 3))
+        ctx.exit(status)
+
+
 def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float) -> None:
     import trio  # here, not at the top: list, add and remove start faster without it
 
@@ -244,6 +259,7 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
 
     config = load_config(ctx)
     target = config.target(name)
+    _forward_if_mounted(ctx, target, verb, {"dry_run": dry_run, "max_delete": max_delete})
     if verb == "push":
         click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
     else:
@@ -305,6 +321,7 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
 
     config = load_config(ctx)
     target = config.target(name)
+    _forward_if_mounted(ctx, target, "status", {"json": as_json})
 
     async def go() -> Any:
         async with open_engine(config, target, "status") as engine:

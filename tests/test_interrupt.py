@@ -88,3 +88,27 @@ def test_second_run_on_a_busy_target_fails_clearly(one: Cluster) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_remove_refuses_a_target_in_use(one: Cluster, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    many_files(data, count=50)
+    assert one.cli("add", "data", str(data)).exit_code == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusesync.cli", "push", "data"], env={**os.environ, **one.env},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    lock = one.state / "data" / "lock"
+    try:
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().startswith("push")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        result = one.cli("remove", "data", "--yes")
+        assert result.exit_code == 1
+        assert "target 'data' is busy: push running as pid" in result.output
+        assert "data:" in one.cli("list").output
+    finally:
+        proc.kill()
+        proc.wait()

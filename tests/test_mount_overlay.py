@@ -22,6 +22,7 @@ from fusesync.fs.nodes import ROOT_INODE
 from fusesync.fs.overlay import Overlay
 from fusesync.index import Index
 from fusesync.remote.base import Attrs, Head
+from fusesync.sync import base as columns
 from fusesync.sync.localfs import TMP_MARK, Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import scan_tree
@@ -273,3 +274,38 @@ async def test_xattrs_user_namespace_only(overlay: Overlay) -> None:
     with pytest.raises(OSError) as caught:
         overlay.getxattr(attr.ino, "user.colour")
     assert caught.value.errno == errno.ENODATA
+
+
+def test_journal_keeps_marks_made_during_a_push(index: Index) -> None:
+    journal = Journal(index)
+    journal.mark("a")
+    journal.mark("b")
+    upto = journal.snapshot()
+    assert {row["path"] for row in journal.dirty_rows(upto)} == {"a", "b"}
+    journal.mark("a")  # written again while the push uploads it
+    journal.clear("a", upto)
+    journal.clear("b", upto)
+    assert dirty(index) == {"a"}
+    assert Journal(index).seq > upto  # a new daemon numbers after the old marks
+
+
+def test_journal_moves_whole_trees(index: Index) -> None:
+    for path in ("d", "d/x", "d/sub", "d/sub/y", "dz"):
+        index.upsert(path, local_kind="file")
+    journal = Journal(index)
+    journal.move_tree("d", "e")
+    assert dirty(index) == {"d", "d/x", "d/sub", "d/sub/y", "e", "e/x", "e/sub", "e/sub/y"}
+    assert index.require("e/sub/y")["parent"] == "e/sub"
+
+
+def test_reconcile_journals_what_changed_while_unmounted(root: Path, index: Index) -> None:
+    with Tree(root) as tree:
+        scan_tree(tree.fd, index, PathMatcher(()))
+    for row in list(index.rows()):  # as if everything had been pushed
+        index.upsert(row["path"], **columns.local_base(row), base_etag="e")
+    (root / "local.txt").unlink()
+    (root / "docs" / "readme").write_text("changed")
+    with Tree(root) as tree:
+        scan_tree(tree.fd, index, PathMatcher(()))
+    assert Journal(index).reconcile() == 2
+    assert dirty(index) == {"local.txt", "docs/readme"}

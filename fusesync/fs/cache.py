@@ -49,7 +49,10 @@ class Evictor:
             with trio.move_on_after(PERIOD):
                 await self._poked.wait()
             self._poked = trio.Event()
-            await self.enforce()
+            try:
+                await self.enforce()
+            except Exception as exc:  # an eviction that fails must not end the mount
+                log.warning("cache limit: eviction failed: %s", exc, exc_info=exc)
 
     def cached(self) -> int:
         row = self.index.conn.execute(f"SELECT sum(local_size) FROM paths WHERE {CLEAN}")

@@ -1,14 +1,16 @@
 """The mount's control socket: the CLI's push, pull and status, run inside the daemon.
 
 One JSON line asks ({"verb": "push", "dry_run": false, ...}), one JSON line answers
-({"status": 0, "output": "..."}). The socket is 0600 in the target's state folder and
-only its owner (or root) is served. `forward` is the CLI's side: None when no daemon runs.
+({"status": 0, "output": "..."}). The socket is 0600 in the target's state folder (an
+abstract socket when that folder lies inside the mount) and only its owner (or root) is
+served. `forward` is the CLI's side: None when no daemon runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -35,15 +37,33 @@ def socket_path(target: Target) -> Path:
     return target.state_dir / SOCKET_NAME
 
 
+def abstract_name(target: Target) -> str | None:
+    """The abstract socket name used instead of the file when the state folder lies inside
+    the mounted directory (the usual ~/.local/state in a mounted home): a socket file bound
+    there would pin the mount and make every plain unmount 'busy'. None otherwise.
+
+    Pure string work, so the daemon may call it after mounting and client and daemon
+    always agree."""
+    state = os.path.abspath(target.state_dir)
+    tree = os.path.abspath(target.path)
+    if not (state == tree or state.startswith(tree.rstrip("/") + "/")):
+        return None
+    digest = hashlib.sha256(state.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"\0fusesync-{os.getuid()}-{digest}"
+
+
 def forward(target: Target, verb: str, args: dict[str, Any]) -> tuple[int, str] | None:
     """Run `verb` in the target's mount daemon: (exit status, output), or None when no
     daemon listens. Blocks until the daemon has finished the run."""
-    path = socket_path(target)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
-            with _short(path) as short:
-                sock.connect(short)
+            abstract = abstract_name(target)
+            if abstract is not None:
+                sock.connect(abstract)
+            else:
+                with _short(socket_path(target)) as short:
+                    sock.connect(short)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
             return None
         sock.sendall(json.dumps({"verb": verb, **args}).encode() + b"\n")
@@ -74,8 +94,7 @@ def _short(path: Path) -> Iterator[str]:
 
 
 def _bind(path: Path) -> socket.socket:
-    """Bind the listening socket, 0600. Blocks (and may reach through the mount when the
-    state folder lies inside the target, so it runs in a worker thread)."""
+    """Bind the listening socket file, 0600. Blocks."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -90,12 +109,23 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
-async def serve(path: Path, handler: Handler,
+def _bind_abstract(name: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(name)
+    sock.listen(16)
+    return sock
+
+
+async def serve(target: Target, handler: Handler,
                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Answer requests on `path` until cancelled; removes the socket file at the end."""
-    listener = trio.SocketListener(
-        trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_bind, path))
-    )
+    """Answer requests until cancelled; removes the socket file (if any) at the end."""
+    abstract = abstract_name(target)
+    path = socket_path(target)
+    if abstract is not None:
+        sock = _bind_abstract(abstract)  # peers are checked by SO_PEERCRED, not by a mode
+    else:
+        sock = await trio.to_thread.run_sync(_bind, path)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -104,8 +134,9 @@ async def serve(path: Path, handler: Handler,
                 handler_nursery=nursery,
             )
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        if abstract is None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _peer_allowed(stream: trio.SocketStream) -> bool:

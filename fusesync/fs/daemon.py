@@ -39,6 +39,7 @@ from fusesync.sync.scan import scan_tree
 log = logging.getLogger("fusesync.mount")
 
 LOG_NAME = "mount.log"
+FETCH_GRACE = 30.0  # seconds an unmount waits for downloads in flight
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,22 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                 service = mountsync.MountService(
                     target, index, remote, overlay, journal, invalidate
                 )
-                await nursery.start(control.serve, control.socket_path(target),
-                                    service.handle)
+
+                async def services() -> None:
+                    # Only once pyfuse3.main() serves requests: the socket may lie inside
+                    # the mount (a state folder in the home directory).
+                    await nursery.start(control.serve, target, service.handle)
+                    if options.cache_limit is not None:
+                        evictor = Evictor(options.cache_limit, index, journal, overlay,
+                                          service.forget_in_kernel)
+                        fetcher.on_fetched = evictor.poke
+                        nursery.start_soon(evictor.run)
+                    ready()
+
                 nursery.start_soon(_signals)
-                if options.cache_limit is not None:
-                    evictor = Evictor(options.cache_limit, index, journal, overlay,
-                                      service.forget_in_kernel)
-                    fetcher.on_fetched = evictor.poke
-                    nursery.start_soon(evictor.run)
-                ready()
+                nursery.start_soon(services)
                 await pyfuse3.main()
+                await _finish_fetches(fetcher)
             finally:
                 nursery.cancel_scope.cancel()
                 pyfuse3.close(unmount=True)
@@ -161,6 +168,14 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()
+
+
+async def _finish_fetches(fetcher: Fetcher) -> None:
+    """Let downloads in flight land (a file read to its end should be there after the
+    unmount), for a while; what is still running then is dropped, leaving nothing."""
+    with trio.move_on_after(FETCH_GRACE):
+        while fetcher.active:
+            await next(iter(fetcher.active.values())).done.wait()
 
 
 async def invalidate(entries: list[tuple[int, str, int | None]]) -> None:

@@ -173,13 +173,15 @@ class Fetcher:
             self.journal.fetched(row, os.fstat(fetch.fd), md5)
             if self.on_fetched is not None:
                 self.on_fetched(fetch.size)
-        except (FusesyncError, OSError) as exc:
+        except Exception as exc:  # whatever it is, this file fails; the mount goes on
             code = errno.ESTALE if isinstance(exc, RemoteChanged | RemoteNotFound) else errno.EIO
             if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
                 message = "a local file appeared at its path meanwhile"
             else:
-                message = str(exc)
-            log.error("fetch of '%s' failed: %s", fetch.path, message)
+                message = str(exc) or repr(exc)
+            expected = isinstance(exc, FusesyncError | OSError)
+            log.error("fetch of '%s' failed: %s", fetch.path, message,
+                      exc_info=None if expected else exc)
             fetch.error = FetchFailed(f"cannot fetch '{fetch.path}': {message}", code)
         finally:
             if not placed:

@@ -65,8 +65,11 @@ class MountService:
                         "output": output.sync_text(self.target, report)}
             if verb == "status":
                 status = await self.status()
+                remote_only = self.index.count(
+                    "local_kind IS NULL AND remote_kind IN ('file', 'symlink') AND dirty = 0"
+                )
                 return {"status": 0, "output": output.status_text(
-                    self.target, status, bool(request.get("json")))}
+                    self.target, status, bool(request.get("json")), remote_only)}
         return {"status": 2, "output": f"fusesync: the mount does not forward '{verb}'\n"}
 
     # -- detect: the journal instead of a scan ------------------------------------------

@@ -34,13 +34,13 @@ def _rows(actions: list[Action]) -> list[dict[str, Any]]:
             for a in actions]
 
 
-def status_text(target: Target, status: Status, as_json: bool) -> str:
+def status_text(target: Target, status: Status, as_json: bool, remote_only: int = 0) -> str:
     if as_json:
         return json.dumps({
             "target": target.name, "path": str(target.path), "url": target.url,
             "push": _rows(status.push), "pull": _rows(status.pull),
             "skipped": [{"path": p, "reason": r} for p, r in status.skipped],
-            "mounted": True,
+            "mounted": True, "remote_only": remote_only,
         }, indent=2) + "\n"
     lines = [f" > Status of '{target.name}': {target.path} <-> {target.url} (mounted)"]
     if not (status.push or status.pull or status.skipped):
@@ -49,4 +49,6 @@ def status_text(target: Target, status: Status, as_json: bool) -> str:
     lines += [f"   pull {a.op.value}: {a.path}" for a in status.pull
               if a.op.value != "conflict" or a not in status.push]
     lines += [f"   skipped: {path}: {reason}" for path, reason in status.skipped]
+    if remote_only:
+        lines.append(f"   remote-only: {remote_only} files, fetched on first open")
     return "\n".join(lines) + "\n"

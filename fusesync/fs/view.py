@@ -275,6 +275,8 @@ class View:
     async def materialize_tree(self, node: Node) -> None:
         """Make `node` and every remote-only entry below it local (before a rename)."""
         await self.materialize(node)
+        if self._kind(node) != Kind.DIR:
+            return  # a file stands here: remote entries "below" it are not part of the view
         base = node.path
         rows = self.journal.index.rows(
             "path > ? AND path < ? AND remote_kind IS NOT NULL AND dirty = 0",

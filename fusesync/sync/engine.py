@@ -67,6 +67,13 @@ class Engine:
         if self.root_fd is not None:
             return Tree(self.root_fd)
         if not self.target.path.is_dir():
+            from fusesync.fs.mounts import is_stale
+
+            if is_stale(self.target.path):
+                raise FusesyncError(
+                    f"'{self.target.path}' is a mount whose daemon died: run "
+                    f"'fusesync unmount {self.target.name}' (nothing written is lost)"
+                )
             raise FusesyncError(f"directory '{self.target.path}' does not exist")
         return Tree(self.target.path)
 

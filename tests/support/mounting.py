@@ -3,6 +3,7 @@
 `Mount.start` waits until the path is a mount point; `Mount.stop` unmounts lazily
 (fusermount3 -u -z) and ends the subprocess by its pid, also when the test failed. A
 mount must never outlive its test, and nothing here touches a mount it did not make.
+Also the helpers the test_mount*.py files share.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from syncenv import Cluster
 
 MOUNT_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
@@ -143,3 +147,58 @@ def forward_in(env: dict[str, str], verb: str, name: str = "default",
                 os.environ[k] = v
     assert reply is not None, f"no mount daemon answers for '{name}'"
     return reply
+
+
+# -- shared by the test_mount*.py files ---------------------------------------------------
+
+
+def assert_clean_log(cluster: Cluster, allowed: tuple[str, ...] = ()) -> None:
+    """No warning or error in the daemon's log beyond those the test provoked."""
+    log = cluster.state / "default" / "mount.log"
+    bad = [line for line in log.read_text().splitlines()
+           if (" ERROR " in line or " WARNING " in line or "Traceback" in line)
+           and not any(a in line for a in allowed)]
+    assert not bad, "\n".join(bad)
+
+
+def dirty_paths(cluster: Cluster) -> set[str]:
+    db = sqlite3.connect(cluster.state / "default" / "index.db")
+    try:
+        return {row[0] for row in db.execute("SELECT path FROM paths WHERE dirty != 0")}
+    finally:
+        db.close()
+
+
+def local_kind(cluster: Cluster, path: str) -> str | None:
+    """What the index says stands in the directory at `path` (None: remote-only)."""
+    db = sqlite3.connect(cluster.state / "default" / "index.db")
+    try:
+        row = db.execute("SELECT local_kind FROM paths WHERE path = ?", (path,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def populate_remote(one: Cluster) -> None:
+    """Cluster one pushes a small home; cluster two pulls nothing yet."""
+    (one.home / "docs").mkdir()
+    (one.home / "docs" / "notes.txt").write_text("remote notes\n")
+    (one.home / "big.bin").write_bytes(os.urandom(3 << 20))
+    (one.home / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (one.home / "script.sh").chmod(0o750)
+    os.utime(one.home / "script.sh", (1_600_000_000, 1_600_000_000))
+    (one.home / "link").symlink_to("docs/notes.txt")
+    one.push()
+
+
+def mounted_run(cluster: Cluster, verb: str, status: int = 0, **args: object) -> str:
+    """push, pull or status inside the daemon, as the CLI forwards them while mounted."""
+    code, output = forward_in(cluster.env, verb, **args)
+    assert code == status, output
+    return output
+
+
+def remote_only_state(two: Cluster) -> None:
+    """Two learns the remote into its index without fetching: a pull while mounted."""
+    with mounted(two.home, two.env):
+        mounted_run(two, "pull")

@@ -1,0 +1,178 @@
+"""The mount daemon's lifecycle and faults: refusals, kill -9, signals, daemonizing, offline."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from support.mounting import (
+    Mount,
+    assert_clean_log,
+    dirty_paths,
+    forward_in,
+    is_mounted,
+    mounted,
+    mounted_run,
+    populate_remote,
+    remote_only_state,
+    wait_until,
+)
+from syncenv import Cluster
+
+if TYPE_CHECKING:
+    from conftest import FusesyncEnv
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def mount(two: Cluster) -> Iterator[Mount]:
+    with mounted(two.home, two.env) as live:
+        yield live
+    assert_clean_log(two)
+
+
+def test_second_mount_is_refused(mount: Mount, two: Cluster) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fusesync.cli", "mount", "--foreground"],
+        env={**os.environ, **two.env}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "already mounted" in result.stderr
+    assert (two.home).is_dir() and is_mounted(two.home)
+
+
+def test_kill_9_loses_nothing_fsynced_and_remount_cleans_the_stale_mount(
+    one: Cluster, two: Cluster
+) -> None:
+    data = os.urandom(1 << 20)
+    live = Mount(two.home, two.env).start()
+    try:
+        (two.home / "kept.txt").write_text("kept")
+        fd = os.open(two.home / "open.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+        assert os.write(fd, data) == len(data)
+        os.fsync(fd)
+        live.kill()  # while the file is still open for writing
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with pytest.raises(OSError) as caught:
+            os.listdir(two.home)
+        assert caught.value.errno == errno.ENOTCONN
+        with mounted(two.home, two.env) as again:
+            assert "cleaned a stale mount" in again.output()
+            assert (two.home / "kept.txt").read_text() == "kept"
+            assert (two.home / "open.bin").read_bytes() == data
+            assert {"kept.txt", "open.bin"} <= dirty_paths(two)
+            mounted_run(two, "push")
+    finally:
+        live.stop()
+    assert not is_mounted(two.home)
+    assert (two.home / "open.bin").read_bytes() == data
+    one.pull()
+    assert (one.home / "open.bin").read_bytes() == data
+
+
+def test_unmount_cleans_a_stale_mount(two: Cluster) -> None:
+    live = Mount(two.home, two.env).start()
+    try:
+        live.kill()
+        result = two.cli("unmount")
+        assert result.exit_code == 0, result.output
+        assert "cleaned a stale mount" in result.output
+        assert not is_mounted(two.home)
+    finally:
+        live.stop()
+
+
+def test_sigterm_unmounts_cleanly(two: Cluster) -> None:
+    live = Mount(two.home, two.env).start()
+    try:
+        os.kill(live.pid, 15)
+        assert live.wait_exit() == 0
+        wait_until(lambda: not is_mounted(two.home), 10, "the unmount")
+    finally:
+        live.stop()
+
+
+def test_mount_daemonizes_by_default(two: Cluster) -> None:
+    (two.home / "mine.txt").write_text("mine")
+    result = subprocess.run(
+        [sys.executable, "-m", "fusesync.cli", "mount"], env={**os.environ, **two.env},
+        capture_output=True, text=True, timeout=60,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"'default' mounted at '{two.home}'" in result.stdout
+        assert is_mounted(two.home)
+        assert (two.home / "mine.txt").read_text() == "mine"
+        done = two.cli("unmount")
+        assert done.exit_code == 0, done.output
+        assert not is_mounted(two.home)
+        again = two.cli("unmount")
+        assert again.exit_code == 1 and "is not mounted" in again.output
+    finally:
+        if is_mounted(two.home):
+            subprocess.run(["fusermount3", "-u", "-z", str(two.home)], check=False)
+
+
+def test_offline_mount_serves_local_files_and_fails_remote_only_with_eio(
+    one: Cluster, two: Cluster
+) -> None:
+    populate_remote(one)
+    remote_only_state(two)
+    (two.home / "local.txt").write_text("local")  # written while unmounted
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    result = two.cli("setup", "--bucket", two.bucket, "--endpoint-url", dead,
+                     "--addressing-style", "path")
+    assert result.exit_code == 0, result.output
+    with mounted(two.home, two.env):
+        assert (two.home / "local.txt").read_text() == "local"
+        assert os.stat(two.home / "big.bin").st_size == 3 << 20
+        with pytest.raises(OSError) as caught:
+            (two.home / "docs" / "notes.txt").read_text()
+        assert caught.value.errno == errno.EIO
+        code, output = forward_in(two.env, "push")
+        assert code == 1 and "cannot reach" in output
+    assert sorted(os.listdir(two.home)) == ["docs", "local.txt"]
+    assert os.listdir(two.home / "docs") == []
+    log = (two.state / "default" / "mount.log").read_text()
+    assert log.count("fetch of 'docs/notes.txt' failed") == 1
+
+
+def test_state_folder_inside_the_mounted_home(tmp_path: Path, fusesync_env: FusesyncEnv
+                                              ) -> None:
+    """The usual setup: ~/.local/state/fusesync lies inside the home that is mounted.
+    The daemon must never reach its own state through its own mount (a deadlock)."""
+    home = tmp_path / "inside" / "home"
+    home.mkdir(parents=True)
+    env = {**fusesync_env.server.env(), "HOME": str(home), "USER": "tester",
+           "LOGNAME": "tester", "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_STATE_HOME": str(home / ".local" / "state")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fusesync.cli", *args],
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=60)
+
+    done = cli("setup", "--bucket", fusesync_env.bucket, "--endpoint-url",
+               fusesync_env.server.endpoint_url, "--addressing-style", "path")
+    assert done.returncode == 0, done.stderr
+    (home / "notes.txt").write_text("notes")
+    with mounted(home, env):
+        (home / "new.txt").write_text("new")
+        code, output = forward_in(env, "push")
+        assert code == 0, output
+        assert "2 uploaded" in output
+        assert (home / ".local" / "state" / "fusesync" / "default" / "mount.log").exists()
+        done = cli("unmount")
+        assert done.returncode == 0, done.stderr
+    assert not is_mounted(home)
+    assert (home / "new.txt").read_text() == "new"
+    assert not (home / ".local" / "state" / "fusesync" / "default" / "control.sock").exists()

@@ -1,0 +1,103 @@
+"""POSIX behaviour through a real mount: the errno values and edge cases a home needs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.mounting import (
+    Mount,
+    assert_clean_log,
+    mounted,
+)
+from syncenv import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def mount(two: Cluster) -> Iterator[Mount]:
+    with mounted(two.home, two.env) as live:
+        yield live
+    assert_clean_log(two)
+
+
+def test_posix_basics(mount: Mount) -> None:
+    home = mount.path
+    (home / "a").write_text("a")
+    (home / "b").write_text("b")
+    os.rename(home / "a", home / "b")  # over an existing file
+    assert (home / "b").read_text() == "a" and not (home / "a").exists()
+    (home / "b").write_text("longer text")
+    (home / "b").write_text("a")  # O_TRUNC
+    assert (home / "b").read_text() == "a"
+    (home / "d").mkdir()
+    (home / "d" / "f").write_text("x")
+    with pytest.raises(OSError) as caught:
+        os.rmdir(home / "d")
+    assert caught.value.errno == errno.ENOTEMPTY
+    os.symlink("d/f", home / "ln")
+    assert os.readlink(home / "ln") == "d/f" and (home / "ln").read_text() == "x"
+    with (home / "log").open("a") as f:
+        f.write("one\n")
+    with (home / "log").open("a") as f:
+        f.write("two\n")
+    assert (home / "log").read_text() == "one\ntwo\n"
+    with (home / "log").open("r+") as f:
+        f.truncate(3)
+    assert (home / "log").read_text() == "one"
+    os.truncate(home / "log", 10)
+    assert (home / "log").read_bytes() == b"one" + b"\0" * 7
+    os.chmod(home / "log", 0o600)
+    assert stat.S_IMODE(os.stat(home / "log").st_mode) == 0o600
+    os.utime(home / "log", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    assert os.stat(home / "log").st_mtime_ns == 1_500_000_000_000_000_000
+    st = os.statvfs(home)
+    assert st.f_bsize > 0 and st.f_blocks > 0
+    os.setxattr(home / "log", "user.colour", b"blue")
+    assert os.getxattr(home / "log", "user.colour") == b"blue"
+    assert "user.colour" in os.listxattr(home / "log")
+    with pytest.raises(OSError) as caught:
+        os.link(home / "log", home / "hard")
+    assert caught.value.errno == errno.EPERM
+    (home / "d" / "f").unlink()
+    os.rmdir(home / "d")
+    assert sorted(os.listdir(home)) == ["b", "ln", "log"]
+
+
+def test_posix_rename_flags_sparse_mmap_and_large_dirs(mount: Mount) -> None:
+    import ctypes
+    import mmap
+
+    home = mount.path
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def renameat2(src: Path, dst: Path, flags: int) -> int:
+        result = libc.renameat2(-100, bytes(src), -100, bytes(dst), flags)
+        return 0 if result == 0 else ctypes.get_errno()
+
+    (home / "x").write_text("x")
+    (home / "y").write_text("y")
+    assert renameat2(home / "x", home / "y", 1) == errno.EEXIST  # RENAME_NOREPLACE
+    assert renameat2(home / "x", home / "y", 2) == 0  # RENAME_EXCHANGE
+    assert (home / "x").read_text() == "y" and (home / "y").read_text() == "x"
+    assert renameat2(home / "x", home / "z", 2) == errno.ENOENT
+    with (home / "sparse").open("wb") as f:
+        f.seek(1 << 20)
+        f.write(b"end")
+    assert os.stat(home / "sparse").st_size == (1 << 20) + 3
+    with (home / "sparse").open("rb") as f:
+        assert f.read(4) == b"\0\0\0\0"
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+            assert view[-3:] == b"end"
+    (home / "many").mkdir()
+    names = {f"entry-{i:05d}" for i in range(3000)}
+    for name in names:
+        (home / "many" / name).touch()
+    assert set(os.listdir(home / "many")) == names
+    (home / "many" / "entry-00000").unlink()
+    assert len(os.listdir(home / "many")) == 2999
