@@ -53,7 +53,7 @@ class Cluster:
         proc = subprocess.run(
             argv,
             env=self.env,
-            cwd=self.home,
+            cwd=self.root,  # never inside the home: a mount over it must be free to go
             input=stdin,
             text=True,
             stdin=None if stdin is not None else subprocess.DEVNULL,
@@ -61,6 +61,10 @@ class Cluster:
         if check and proc.returncode != 0:
             raise SystemExit(f"demo: '{shown}' exited with status {proc.returncode}")
         return proc.returncode
+
+    def cat(self, relpath: str) -> None:
+        print(f"\n[{self.name}] $ cat {relpath}")
+        print((self.home / relpath).read_text(), end="")
 
     def tree(self, folder: Path | None = None) -> None:
         folder = folder or self.home
@@ -152,6 +156,24 @@ def main() -> int:
         two.run("fusesync", "pull", check=False)
         two.tree()
         two.run("fusesync", "push")
+
+        print("\n== A third cluster mounts its home instead: everything shows at once ==")
+        three = Cluster("cluster-3", server)
+        three.run(*setup)
+        three.run("fusesync", "mount")
+        try:
+            three.run("fusesync", "pull")  # run by the mount's daemon: nothing downloaded yet
+            three.tree()
+            three.cat("jobs/simulate.sh")  # the first open fetches it
+            (three.home / "outputs" / "run-003").mkdir()
+            (three.home / "outputs" / "run-003" / "result.csv").write_text("step,energy\n")
+            three.run("fusesync", "status")
+            three.run("fusesync", "push")
+        finally:
+            if three.run("fusesync", "unmount", check=False) and os.path.ismount(three.home):
+                subprocess.run(["fusermount3", "-u", "-z", str(three.home)], check=False)
+        print("\nUnmounted: a plain directory again, holding what was fetched or written.")
+        three.tree()
 
         print("\n== A data directory as a second target ==")
         data = one.root / "data"
