@@ -26,6 +26,7 @@ from fusesync.index import Index, Row
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
 from fusesync.sync.engine import DEFAULT_CONCURRENCY, Status
+from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
@@ -93,20 +94,9 @@ class MountService:
             self.index.upsert_many(LOCAL_COLUMNS, values)
         return skipped
 
-    def _excluded(self, row: Row) -> bool:
-        is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
-        return self.exclude.matches(row["path"], is_dir)
-
-    def _guard(self, actions: list[Action], op: Op, max_delete: float) -> None:
-        deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
+    def _synced_files(self) -> int:
         # Remote-only entries count as synced: in the mount they simply are not fetched.
-        synced = self.index.count("coalesce(base_kind, remote_kind) IN ('file', 'symlink')")
-        if deletes and deletes > max_delete * synced:
-            raise SafetyStop(
-                f"this run would delete {deletes} of {synced} synced files "
-                f"(more than {max_delete:.0%}); nothing was changed. "
-                "Check the target, then rerun with --max-delete 100% to allow it"
-            )
+        return self.index.count("coalesce(base_kind, remote_kind) IN ('file', 'symlink')")
 
     # -- push --------------------------------------------------------------------------
 
@@ -122,14 +112,14 @@ class MountService:
         for path in paths:
             row = self.index.require(path)
             action = plan_push(row, remote_listed=False)
-            if action is not None and not self._excluded(row):
+            if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
-        self._guard(actions, Op.DELETE_REMOTE, max_delete)
+        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
             return report.done()
         if actions:
-            await self._prepare_remote()
+            await prepare_remote(self.index, self.remote, self.target)
             self.index.set_meta("push_running", "1")
             target = dataclasses.replace(self.target, path=self.tree_path)
             pusher = Pusher(target, self.index, self.remote, report, NoProgress())
@@ -149,16 +139,8 @@ class MountService:
         if action is not None and action.op == Op.KEEP_REMOTE:
             self.index.upsert(path, **columns.NO_BASE)  # the remote copy stays: show it
             action = None
-        if action is None or self._excluded(row):
+        if action is None or excluded(self.exclude, row):
             self.journal.clear(path, upto)
-
-    async def _prepare_remote(self) -> None:
-        if not self.index.meta("bucket_ok"):
-            if not await self.remote.bucket_exists():
-                await self.remote.create_bucket()
-            self.index.set_meta("bucket_ok", "1")
-        if self.index.meta("push_running"):
-            await self.remote.abort_multipart_uploads(self.target.prefix)
 
     # -- pull --------------------------------------------------------------------------
 
@@ -174,8 +156,8 @@ class MountService:
                 "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
             )
         actions = [a for row in self.index.rows()
-                   if (a := plan_pull(row)) is not None and not self._excluded(row)]
-        self._guard(actions, Op.DELETE_LOCAL, max_delete)
+                   if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
+        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
             return report.done()
@@ -233,7 +215,7 @@ class MountService:
         skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
         result = Status(skipped=[*listing.skipped, *skipped])
         for row in self.index.rows():
-            if self._excluded(row):
+            if excluded(self.exclude, row):
                 continue
             push = plan_push(row, remote_listed=True)
             if push is not None:

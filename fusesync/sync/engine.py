@@ -13,9 +13,10 @@ import trio
 
 from fusesync.config import Target
 from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop, one_error
-from fusesync.index import Index, Row
+from fusesync.index import Index
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
+from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
@@ -102,17 +103,13 @@ class Engine:
 
     # -- plan ------------------------------------------------------------------------
 
-    def _excluded(self, row: Row) -> bool:
-        is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
-        return self.exclude.matches(row["path"], is_dir)
-
     def plan_push(self, remote_listed: bool) -> list[Action]:
         actions = []
         # Without a listing only local changes matter: let SQLite skip the unchanged rows.
         rows = self.index.rows() if remote_listed else self.index.rows(MAYBE_LOCAL_CHANGE)
         for row in rows:
             action = plan_push(row, remote_listed)
-            if action is not None and not self._excluded(row):
+            if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
         return actions
 
@@ -120,21 +117,12 @@ class Engine:
         actions = []
         for row in self.index.rows():
             action = plan_pull(row)
-            if action is not None and not self._excluded(row):
+            if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
         return actions
 
-    def _guard_deletes(self, actions: list[Action], op: Op, max_delete: float) -> None:
-        deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
-        if not deletes:
-            return
-        synced = self.index.count("base_kind IS NOT NULL AND base_kind != 'dir'")
-        if deletes > max_delete * synced:
-            raise SafetyStop(
-                f"this run would delete {deletes} of {synced} synced files "
-                f"(more than {max_delete:.0%}); nothing was changed. "
-                "Check the target, then rerun with --max-delete 100% to allow it"
-            )
+    def _synced_files(self) -> int:
+        return self.index.count("base_kind IS NOT NULL AND base_kind != 'dir'")
 
     # -- verbs -----------------------------------------------------------------------
 
@@ -143,12 +131,12 @@ class Engine:
         scan = await self.scan_local()
         report.skipped.extend(scan.skipped)
         actions = self.plan_push(remote_listed=False)
-        self._guard_deletes(actions, Op.DELETE_REMOTE, max_delete)
+        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
             return report.done()
         if actions:
-            await self._prepare_remote()
+            await prepare_remote(self.index, self.remote, self.target)
             self.index.set_meta("push_running", "1")
             self.progress.start(
                 sum(1 for a in actions if a.op == Op.UPLOAD and a.kind != Kind.DIR),
@@ -160,15 +148,6 @@ class Engine:
             self.index.set_meta("push_running", "")
         self.index.prune()
         return report.done()
-
-    async def _prepare_remote(self) -> None:
-        """Create a missing bucket once; abort the multipart uploads a killed push left."""
-        if not self.index.meta("bucket_ok"):
-            if not await self.remote.bucket_exists():
-                await self.remote.create_bucket()
-            self.index.set_meta("bucket_ok", "1")
-        if self.index.meta("push_running"):
-            await self.remote.abort_multipart_uploads(self.target.prefix)
 
     async def pull(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
         report = Report("pull", dry_run=dry_run)
@@ -182,7 +161,7 @@ class Engine:
                 "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
             )
         actions = self.plan_pull()
-        self._guard_deletes(actions, Op.DELETE_LOCAL, max_delete)
+        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
             return report.done()

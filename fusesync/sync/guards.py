@@ -1,0 +1,40 @@
+"""Steps every run shares, whether the CLI or the mount daemon drives it: which rows a
+target excludes, the delete guard, and readying the remote before the first write.
+"""
+
+from __future__ import annotations
+
+from fusesync.config import Target
+from fusesync.errors import SafetyStop
+from fusesync.index import Index, Row
+from fusesync.remote.base import Remote
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import Kind
+from fusesync.sync.plan import Action, Op
+
+
+def excluded(exclude: PathMatcher, row: Row) -> bool:
+    """Whether the target's excludes cover this row, whichever side knows it as a dir."""
+    is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
+    return exclude.matches(row["path"], is_dir)
+
+
+def guard_deletes(actions: list[Action], op: Op, max_delete: float, synced: int) -> None:
+    """Stop before a run deletes more than `max_delete` of the `synced` files."""
+    deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
+    if deletes and deletes > max_delete * synced:
+        raise SafetyStop(
+            f"this run would delete {deletes} of {synced} synced files "
+            f"(more than {max_delete:.0%}); nothing was changed. "
+            "Check the target, then rerun with --max-delete 100% to allow it"
+        )
+
+
+async def prepare_remote(index: Index, remote: Remote, target: Target) -> None:
+    """Create a missing bucket once; abort the multipart uploads a killed push left."""
+    if not index.meta("bucket_ok"):
+        if not await remote.bucket_exists():
+            await remote.create_bucket()
+        index.set_meta("bucket_ok", "1")
+    if index.meta("push_running"):
+        await remote.abort_multipart_uploads(target.prefix)
