@@ -152,20 +152,27 @@ class S3Remote:
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
-            self._client: Any = session.client(
-                "s3", endpoint_url=settings.endpoint_url, config=config
-            )
+            credentials = session.get_credentials()
         except BotoCoreError as exc:
             raise self._translate(exc, "open", None) from exc
-        self.endpoint = settings.endpoint_url or str(self._client.meta.endpoint_url)
-        credentials = session.get_credentials()
-        if credentials is not None and fast_path_allowed(str(self._client.meta.endpoint_url)):
-            path_style = uses_path_style(
-                str(self._client.meta.endpoint_url), settings.addressing_style, self.bucket
-            )
+
+        def boto_client() -> Any:
+            return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+        url = settings.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
+        self.endpoint = url
+        self._client: Any
+        if credentials is not None and fast_path_allowed(url):
+            # boto3's client (~0.1 s to build) is made only if a call needs it
+            path_style = uses_path_style(url, settings.addressing_style, self.bucket)
             self._client = FastClient(
-                self._client, credentials, self.region, path_style, max_concurrency
+                boto_client, url, credentials, self.region, path_style, max_concurrency
             )
+        else:
+            try:
+                self._client = boto_client()
+            except BotoCoreError as exc:
+                raise self._translate(exc, "open", None) from exc
         self._limiter = trio.CapacityLimiter(max_concurrency)
         # Parts of multipart uploads held in memory, across all uploads at once.
         self._part_buffers = trio.Semaphore(max_concurrency)

@@ -14,10 +14,11 @@ import email.utils
 import ipaddress
 import os
 import random
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,12 +73,14 @@ class _Body:
 class FastClient:
     """boto3's S3 client, with single-object calls sent the light way."""
 
-    def __init__(self, client: Any, credentials: Any, region: str, path_style: bool,
-                 pool_size: int) -> None:
-        self._client = client
+    def __init__(self, make_client: Callable[[], Any], endpoint_url: str, credentials: Any,
+                 region: str, path_style: bool, pool_size: int) -> None:
+        self._make_client = make_client
+        self._client: Any = None
+        self._making = threading.Lock()
         self._credentials = credentials
         self._region = region
-        endpoint = urllib.parse.urlsplit(str(client.meta.endpoint_url))
+        endpoint = urllib.parse.urlsplit(endpoint_url)
         self._scheme_host = f"{endpoint.scheme}://{endpoint.netloc}"
         self._path_style = path_style
         self._pool = urllib3.PoolManager(
@@ -87,7 +90,16 @@ class FastClient:
         )
 
     def __getattr__(self, name: str) -> Any:
+        """Every other call goes to boto3's client, built the first time one is made."""
+        with self._making:  # worker threads may ask at once: build one client
+            if self._client is None:
+                self._client = self._make_client()
         return getattr(self._client, name)
+
+    def close(self) -> None:
+        self._pool.clear()
+        if self._client is not None:
+            self._client.close()
 
     # -- the calls answered here ---------------------------------------------------------
 
