@@ -80,6 +80,9 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         exclude = PathMatcher(target.exclude)
         _reconcile(root_fd, index, exclude)
         remote = S3Remote(config.settings)
+        # Everything boto3 reads at start (its data files, ~/.aws) must be read now: once
+        # mounted, a read through our own mount from a worker thread would wait on us.
+        remote.prepare()
         log.info("mounting '%s' at %s", target.name, target.path)
         trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
         log.info("unmounted '%s'", target.name)

@@ -177,6 +177,11 @@ class S3Remote:
         # Parts of multipart uploads held in memory, across all uploads at once.
         self._part_buffers = trio.Semaphore(max_concurrency)
 
+    def prepare(self) -> None:
+        """Build boto3's client now rather than on first use (blocks; reads files)."""
+        if isinstance(self._client, FastClient):
+            self._client.prepare()
+
     # -- plumbing ------------------------------------------------------------------------
 
     @property

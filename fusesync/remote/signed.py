@@ -91,10 +91,14 @@ class FastClient:
 
     def __getattr__(self, name: str) -> Any:
         """Every other call goes to boto3's client, built the first time one is made."""
+        return getattr(self.prepare(), name)
+
+    def prepare(self) -> Any:
+        """boto3's client, built now if it was not yet."""
         with self._making:  # worker threads may ask at once: build one client
             if self._client is None:
                 self._client = self._make_client()
-        return getattr(self._client, name)
+        return self._client
 
     def close(self) -> None:
         self._pool.clear()
