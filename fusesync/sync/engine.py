@@ -6,6 +6,9 @@ guards that stop a run before it can destroy data; the steps live in their own m
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,16 +70,19 @@ class Engine:
         """The target directory, held open for one run."""
         if self.root_fd is not None:
             return Tree(self.root_fd)
-        if not self.target.path.is_dir():
-            from fusesync.fs.mounts import is_stale
-
-            if is_stale(self.target.path):
+        path = self.target.path
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:  # a FUSE mount whose daemon is gone
                 raise FusesyncError(
-                    f"'{self.target.path}' is a mount whose daemon died: run "
+                    f"'{path}' is a mount whose daemon died: run "
                     f"'fusesync unmount {self.target.name}' (nothing written is lost)"
-                )
-            raise FusesyncError(f"directory '{self.target.path}' does not exist")
-        return Tree(self.target.path)
+                ) from exc
+            raise FusesyncError(f"directory '{path}' does not exist") from exc
+        if not is_dir:
+            raise FusesyncError(f"'{path}' is not a directory")
+        return Tree(path)
 
     async def scan_local(self) -> ScanResult:
         with self.open_tree() as tree:
