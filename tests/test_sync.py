@@ -347,3 +347,18 @@ def test_progress_bar_on_a_terminal_only(one: Cluster) -> None:
     assert "300 uploaded (1.5 MB)" in child.before
     piped = one.cli("push")  # not a terminal: the lines only, no bar
     assert "files" not in piped.output
+
+
+def test_default_target_never_pushes_fusesync_own_state(tmp_path: Path, fusesync_env, s3) -> None:
+    cluster = Cluster(tmp_path / "inside", fusesync_env.server, fusesync_env.bucket)
+    # the usual layout: settings and state under HOME, where XDG puts them by default
+    cluster.env["XDG_CONFIG_HOME"] = str(cluster.home / ".config")
+    cluster.env["XDG_STATE_HOME"] = str(cluster.home / ".local" / "state")
+    assert cluster.cli("setup", "--bucket", cluster.bucket, "--endpoint-url",
+                       cluster.server.endpoint_url).exit_code == 0
+    (cluster.home / "work.txt").write_text("mine")
+    cluster.push()
+    cluster.push()  # the index now exists under HOME: still not pushed
+    found = keys(s3, cluster.bucket)
+    assert "sync/tester/default/work.txt" in found
+    assert not [k for k in found if "fusesync" in k.split("/", 3)[-1]], found
