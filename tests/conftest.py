@@ -5,6 +5,7 @@ Nothing here may touch the real home directory, the user's AWS settings or real 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -51,11 +52,22 @@ def s3(s3_server: SeaweedServer) -> S3Client:
 
 
 @pytest.fixture
-def bucket(s3_server: SeaweedServer) -> str:
-    """A new, empty bucket of its own for each test."""
+def bucket(s3_server: SeaweedServer) -> Iterator[str]:
+    """A new, empty bucket of its own for each test, deleted after it with what it holds
+    (each bucket is a SeaweedFS collection holding volume slots of its own)."""
     name = f"test-{secrets.token_hex(8)}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
+    client = s3_server.client()
+    client.create_bucket(Bucket=name)
+    yield name
+    with contextlib.suppress(Exception):  # the server may be down: a test stopped it
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            objects = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if objects:
+                client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"],
+                                          UploadId=upload["UploadId"])
+        client.delete_bucket(Bucket=name)
 
 
 @pytest.fixture

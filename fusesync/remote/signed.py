@@ -28,7 +28,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 _RETRY_STATUS = {500, 502, 503, 504}
-_ATTEMPTS = 4
+_ATTEMPTS = 4  # as boto3 is configured (standard mode, 4 attempts)
 _META = "x-amz-meta-"
 
 
@@ -182,7 +182,9 @@ class FastClient:
 
 
 def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, 0.05 * 2**attempt))
+    """Full jitter, as boto3's standard retry mode: a store busy growing a volume (SeaweedFS
+    answers InternalError then) needs seconds, not milliseconds."""
+    time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
 
 
 def _headers(kw: Mapping[str, Any]) -> dict[str, str]:

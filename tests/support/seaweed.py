@@ -261,6 +261,10 @@ class SeaweedServer:
             "admin.ui": "false",
             "volume.preStopSeconds": 0,  # stop at once: nobody else uses this volume server
             "master.telemetry": "false",  # on by default in 4.x: it posts to seaweedfs.com
+            # Each bucket is a collection with volumes of its own; with the default sizes a
+            # suite of a few hundred buckets runs out of volume slots (InternalError on PUT).
+            "master.volumeSizeLimitMB": 64,
+            "volume.max": 0,  # slots from free disk / volume size: with 64 MB, plenty
             "s3.config": identity,
         }
         # Their local unix sockets would otherwise be left in /tmp after a stop.
