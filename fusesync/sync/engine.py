@@ -26,7 +26,7 @@ from fusesync.sync.model import Kind
 from fusesync.sync.plan import MAYBE_LOCAL_CHANGE, Action, Op, plan_pull, plan_push
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
-from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote, scan_remote
+from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import ScanResult, scan_tree
 
@@ -87,9 +87,6 @@ class Engine:
     async def scan_local(self) -> ScanResult:
         with self.open_tree() as tree:
             return await trio.to_thread.run_sync(scan_tree, tree.fd, self.index, self.exclude)
-
-    async def scan_remote(self) -> RemoteScan:
-        return await scan_remote(self.remote, self.target, self.index, self.exclude)
 
     async def _detect_both(self) -> tuple[RemoteScan, ScanResult]:
         """List the remote while the tree is scanned; record the listing only once it is

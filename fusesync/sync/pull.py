@@ -130,7 +130,6 @@ class Puller:
         assert row is not None, "plans carry their rows"
         if action.op == Op.RECORD:
             self.rows.put(action.path, **columns.local_base(row), **columns.remote_base(row))
-            self.report.recorded += 1
         else:
             self.rows.put(action.path, **columns.NO_BASE)
             if action.reason:

@@ -77,7 +77,6 @@ class Pusher:
                 case Op.RECORD:
                     self.rows.put(action.path, **columns.local_base(row),
                                   **columns.remote_base(row))
-                    self.report.recorded += 1
                 case Op.FORGET:
                     self.rows.put(action.path, **columns.NO_BASE)
                 case Op.CONFLICT | Op.KEEP_REMOTE:

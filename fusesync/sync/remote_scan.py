@@ -43,7 +43,6 @@ class RemoteScan:
     objects: int = 0
     manifest: dict[str, ManifestEntry] = field(default_factory=dict)
     manifest_etag: str | None = None
-    heads: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -130,7 +129,6 @@ async def list_remote(
     async def head_one(rel: str, obj: Listed) -> None:
         async with limiter:
             row = await _row_from_head(remote, obj)
-        result.heads += 1
         if row is not None:
             rows[rel] = row
 

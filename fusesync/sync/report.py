@@ -37,7 +37,6 @@ class Report:
     downloaded: int = 0
     downloaded_bytes: int = 0
     deleted: int = 0
-    recorded: int = 0
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     planned: list[Action] = field(default_factory=list)
