@@ -1,7 +1,9 @@
 """Settings and targets: the TOML file under $XDG_CONFIG_HOME/fusesync, and XDG paths.
 
-This module reads, validates and atomically rewrites the settings file. It never stores
-credentials (boto3's own chain finds those) and never overwrites a file it could not parse.
+This module reads, validates and atomically rewrites the user's settings file, read over
+the site-wide one (/etc/fusesync/config.toml) key by key. It never stores credentials
+(boto3's own chain finds those), never writes the site file, and never overwrites a file
+it could not parse.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ DEFAULT_TARGET = "default"
 DEFAULT_ENCRYPT = (".ssh/", ".gnupg/", ".aws/")
 DEFAULT_EXCLUDE = (".cache/",)
 ADDRESSING_STYLES = ("path", "virtual")
+FIRST_LOGIN_MODES = ("pull", "mount", "off")  # read by the login hooks in packaging/
+SITE_CONFIG = Path("/etc/fusesync/config.toml")
+# What a site file may set; the user's own file wins key by key. Not `user` or targets:
+# those are each user's own.
+SITE_KEYS = ("bucket", "endpoint_url", "region", "profile", "addressing_style", "first_login")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # S3's rules for bucket names, minus the legacy upper-case names no region accepts now.
@@ -39,6 +46,12 @@ def config_path() -> Path:
     if override:
         return Path(override).expanduser().absolute()
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def site_config_path() -> Path:
+    """The site-wide settings: $FUSESYNC_SITE_CONFIG, else /etc/fusesync/config.toml."""
+    override = os.environ.get("FUSESYNC_SITE_CONFIG")
+    return Path(override).expanduser().absolute() if override else SITE_CONFIG
 
 
 def state_root() -> Path:
@@ -129,6 +142,23 @@ def _default_excludes(home: Path) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    """The file's table, or None when there is no file; a file that cannot be read or
+    parsed is an error naming it."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
 def _str_list(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of strings")
@@ -140,36 +170,37 @@ class Config:
     """The settings file as read from disk, and the operations that rewrite it."""
 
     path: Path
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the user's file: what save() writes
+    site: dict[str, Any] = field(default_factory=dict)  # the site file's settings, beneath
 
     @classmethod
     def load(cls, path: Path | None = None) -> Config:
         path = path or config_path()
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        config = cls(path, data)
+        config = cls(path, _read_toml(path) or {})
         config._check()
+        site_path = site_config_path()
+        site = _read_toml(site_path)
+        if site is not None:
+            for key in ("user", "targets"):
+                if key in site:
+                    raise ConfigError(f"site config file {site_path}: '{key}' belongs in "
+                                      "each user's own settings file, not the site's")
+            cls(site_path, site)._check()
+            config.site = {key: site[key] for key in SITE_KEYS if key in site}
         return config
 
     def _check(self) -> None:
         """Refuse a file whose shape is wrong, naming the key; never guess."""
         where = f"config file {self.path}"
-        for key in ("bucket", "endpoint_url", "region", "profile", "addressing_style", "user"):
+        for key in (*SITE_KEYS, "user"):
             if key in self.data and not isinstance(self.data[key], str):
                 raise ConfigError(f"{where}: '{key}' must be a string")
         style = self.data.get("addressing_style")
         if style is not None and style not in ADDRESSING_STYLES:
             raise ConfigError(f"{where}: 'addressing_style' must be 'path' or 'virtual'")
+        mode = self.data.get("first_login")
+        if mode is not None and mode not in FIRST_LOGIN_MODES:
+            raise ConfigError(f"{where}: 'first_login' must be 'pull', 'mount' or 'off'")
         targets = self.data.get("targets", {})
         if not isinstance(targets, dict):
             raise ConfigError(f"{where}: 'targets' must be a table")
@@ -192,15 +223,17 @@ class Config:
 
     @property
     def settings(self) -> Settings:
-        bucket = self.data.get("bucket")
+        """The user's settings over the site's, key by key."""
+        merged = {**self.site, **self.data}
+        bucket = merged.get("bucket")
         if not bucket:
             raise NotConfigured("no bucket configured: run 'fusesync setup --bucket BUCKET' first")
         return Settings(
             bucket=bucket,
-            endpoint_url=self.data.get("endpoint_url"),
-            region=self.data.get("region"),
-            profile=self.data.get("profile"),
-            addressing_style=self.data.get("addressing_style"),
+            endpoint_url=merged.get("endpoint_url"),
+            region=merged.get("region"),
+            profile=merged.get("profile"),
+            addressing_style=merged.get("addressing_style"),
         )
 
     @property

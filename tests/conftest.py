@@ -96,6 +96,7 @@ def fusesync_env(
         "XDG_DATA_HOME": str(root / "data"),
         "USER": "tester",
         "LOGNAME": "tester",  # getpass.getuser() reads LOGNAME before USER
+        "FUSESYNC_SITE_CONFIG": str(root / "site-config.toml"),  # never the machine's own
         **s3_server.env(),
     }
     for name, value in env.items():
