@@ -1,7 +1,9 @@
 """S3Remote: the Remote protocol over boto3, each request in a worker thread.
 
 `translate` is the one place where botocore's errors become fusesync errors. This module
-never stores credentials (boto3's chain finds them) and never reads a large file whole.
+never stores credentials (boto3's chain finds them, or the environment gives them) and
+never reads a large file whole. boto3 (~0.25 s to import and build) is loaded only when a
+call needs more than the light path of `signed.py`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import boto3
 import trio
-from botocore.config import Config
+from awscrt import auth as crt_auth
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -136,46 +137,91 @@ class S3Remote:
     def __init__(self, settings: Settings, *, max_concurrency: int = 16) -> None:
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint_url or "S3"
-        try:
-            session = boto3.session.Session(profile_name=settings.profile)
-            self.region: str = settings.region or session.region_name or DEFAULT_REGION
-            style = {"addressing_style": settings.addressing_style}
-            config = Config(
-                region_name=self.region,
-                s3=style if settings.addressing_style else None,
-                max_pool_connections=max_concurrency,
-                retries={"mode": "standard", "max_attempts": 4},
-                connect_timeout=5,
-                read_timeout=60,
-                # Content-MD5 guards our bodies; the newer default CRC trailers are refused
-                # by several S3-compatible stores.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-            credentials = session.get_credentials()
-        except BotoCoreError as exc:
-            raise self._translate(exc, "open", None) from exc
-
-        def boto_client() -> Any:
-            return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
-
+        self._settings = settings
+        self._max_concurrency = max_concurrency
+        self._session: Any = None
+        # As boto3 resolves it, without loading boto3 when the settings or environment say.
+        self.region: str = (
+            settings.region
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or self._boto3_session().region_name
+            or DEFAULT_REGION
+        )
         url = settings.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
         self.endpoint = url
         self._client: Any
+        credentials = self._light_credentials()
         if credentials is not None and fast_path_allowed(url):
-            # boto3's client (~0.1 s to build) is made only if a call needs it
             path_style = uses_path_style(url, settings.addressing_style, self.bucket)
             self._client = FastClient(
-                boto_client, url, credentials, self.region, path_style, max_concurrency
+                self._boto3_client, url, credentials, self.region, path_style, max_concurrency
             )
         else:
-            try:
-                self._client = boto_client()
-            except BotoCoreError as exc:
-                raise self._translate(exc, "open", None) from exc
+            self._client = self._boto3_client()
         self._limiter = trio.CapacityLimiter(max_concurrency)
         # Parts of multipart uploads held in memory, across all uploads at once.
         self._part_buffers = trio.Semaphore(max_concurrency)
+
+    def _boto3_session(self) -> Any:
+        if self._session is None:
+            import boto3
+
+            try:
+                self._session = boto3.session.Session(profile_name=self._settings.profile)
+            except BotoCoreError as exc:
+                raise self._translate(exc, "open", None) from exc
+        return self._session
+
+    def _boto3_client(self) -> Any:
+        """boto3's client for every call the light path does not answer (blocks)."""
+        from botocore.config import Config
+
+        settings = self._settings
+        style = {"addressing_style": settings.addressing_style}
+        config = Config(
+            region_name=self.region,
+            s3=style if settings.addressing_style else None,
+            max_pool_connections=self._max_concurrency,
+            retries={"mode": "standard", "max_attempts": 4},
+            connect_timeout=5,
+            read_timeout=60,
+            # Content-MD5 guards our bodies; the newer default CRC trailers are refused
+            # by several S3-compatible stores.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        try:
+            return self._boto3_session().client(
+                "s3", endpoint_url=settings.endpoint_url, config=config
+            )
+        except BotoCoreError as exc:
+            raise self._translate(exc, "open", None) from exc
+
+    def _light_credentials(self) -> crt_auth.AwsCredentialsProvider | None:
+        """The light path's credentials: the environment's keys when no profile is named
+        (boto3 would take them first too), else whatever boto3's chain finds, refreshed as
+        boto3 refreshes them. None when there are none (boto3's client will say so)."""
+        env = os.environ
+        if not self._settings.profile and env.get("AWS_ACCESS_KEY_ID") and env.get(
+            "AWS_SECRET_ACCESS_KEY"
+        ):
+            return crt_auth.AwsCredentialsProvider.new_static(
+                env["AWS_ACCESS_KEY_ID"],
+                env["AWS_SECRET_ACCESS_KEY"],
+                env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None,
+            )
+        try:
+            found = self._boto3_session().get_credentials()
+        except BotoCoreError as exc:
+            raise self._translate(exc, "open", None) from exc
+        if found is None:
+            return None
+
+        def current() -> crt_auth.AwsCredentials:
+            frozen = found.get_frozen_credentials()
+            return crt_auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+        return crt_auth.AwsCredentialsProvider.new_delegate(current)
 
     def prepare(self) -> None:
         """Build boto3's client now rather than on first use (blocks; reads files)."""
