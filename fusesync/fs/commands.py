@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +76,7 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
         def ready() -> None:
             click.echo(f"fusesync mount: {mounted}")
             sys.stdout.flush()
+            notify_systemd(f"READY=1\nSTATUS={mounted}")
 
         start(say, ready)
         return
@@ -119,6 +121,22 @@ def unmount(ctx: click.Context, name: str) -> None:
                                     "see mount.log") from None
             time.sleep(0.05)
     click.echo(f"fusesync unmount: '{target.name}' unmounted from '{path}'")
+
+
+def notify_systemd(state: str) -> None:
+    """Tell systemd (a Type=notify unit) how the mount stands: one datagram to
+    $NOTIFY_SOCKET, the whole of sd_notify's protocol. Does nothing outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:  # systemd will time the unit out; the mount itself is fine
+        click.echo(f"fusesync mount: cannot notify systemd at {address!r}: {exc}", err=True)
 
 
 def _daemonize(start: Callable[[Callable[[str], None], Callable[[], None]], None]) -> list[str]:
