@@ -42,7 +42,14 @@ from fusesync.errors import (
     SourceChanged,
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
-from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
+from fusesync.remote.crt import CrtClient, Reply
+from fusesync.remote.signed import (
+    FastClient,
+    fast_path_allowed,
+    headers_of,
+    object_shape,
+    uses_path_style,
+)
 from fusesync.remote.transfer import (
     Link,
     abort_upload,
@@ -150,12 +157,16 @@ class S3Remote:
         url = settings.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
         self.endpoint = url
         self._client: Any
+        # Single-object requests go through the CRT, awaited without a worker thread;
+        # listings and multipart transfers through `FastClient` or boto3 in threads.
+        self._crt: CrtClient | None = None
         credentials = self._light_credentials()
         if credentials is not None and fast_path_allowed(url):
             path_style = uses_path_style(url, settings.addressing_style, self.bucket)
             self._client = FastClient(
                 self._boto3_client, url, credentials, self.region, path_style, max_concurrency
             )
+            self._crt = CrtClient(url, credentials, self.region, path_style, max_concurrency)
         else:
             self._client = self._boto3_client()
         self._limiter = trio.CapacityLimiter(max_concurrency)
@@ -254,6 +265,23 @@ class S3Remote:
         """Run `fn(**kwargs)` (blocking: boto3) in a worker thread under the limiter."""
         return await self._link.call(op, key, fn, digest_sent=digest_sent, **kwargs)
 
+    async def _send(
+        self,
+        crt: CrtClient,
+        method: str,
+        key: str,
+        operation: str,
+        *,
+        digest_sent: bool = False,
+        **kwargs: Any,
+    ) -> Reply:
+        """One request through the CRT under the limiter, its errors translated."""
+        async with self._limiter:
+            try:
+                return await crt.send(method, self.bucket, key, operation, **kwargs)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._translate(exc, operation, key, digest_sent) from exc
+
     async def _s3(self, method: str, key: str | None = None, **kwargs: Any) -> Any:
         """One boto3 request (blocking, in a worker thread): Bucket, and Key unless None."""
         return await self._link.request(method, key, **kwargs)
@@ -317,8 +345,11 @@ class S3Remote:
             args["ContinuationToken"] = token
 
     async def head(self, key: str) -> Head | None:
-        """HEAD (blocking, in a worker thread); None when the object does not exist."""
+        """HEAD; None when the object does not exist."""
         try:
+            if self._crt is not None:
+                reply = await self._send(self._crt, "HEAD", key, "HeadObject")
+                return _head(key, object_shape(reply.headers))
             resp = await self._s3("head_object", key)
         except RemoteNotFound:
             return None
@@ -327,8 +358,16 @@ class S3Remote:
     async def get_bytes(
         self, key: str, *, if_match: str | None = None
     ) -> tuple[bytes, str] | None:
-        """GET a small object whole, in one worker thread; None when it does not exist."""
+        """GET a small object whole; None when it does not exist."""
         args = {"IfMatch": quote_etag(if_match)} if if_match else {}
+        if self._crt is not None:
+            try:
+                reply = await self._send(
+                    self._crt, "GET", key, "GetObject", headers=headers_of(args)
+                )
+            except RemoteNotFound:
+                return None
+            return reply.body, unquote_etag(reply.headers.get("ETag"))
 
         def fetch() -> tuple[bytes, str]:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
@@ -374,9 +413,15 @@ class S3Remote:
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
-        """One PUT with Content-MD5, blocking a worker thread; returns the etag."""
+        """One PUT with Content-MD5; returns the etag."""
         args = self._object_args(attrs, content_type, metadata)
         args.update(_conditions(if_match, if_none_match))
+        if self._crt is not None:
+            args["ContentMD5"] = b64(hashlib.md5(data).digest())
+            reply = await self._send(
+                self._crt, "PUT", key, "PutObject", headers=headers_of(args), body=data
+            )
+            return unquote_etag(reply.headers.get("ETag"))
         resp = await self._s3(
             "put_object", key, Body=data, ContentMD5=b64(hashlib.md5(data).digest()), **args
         )
@@ -415,6 +460,10 @@ class S3Remote:
                 progress=progress,
             )
 
+        if self._crt is not None and md5 is not None:
+            return await self._put_file(self._crt, key, path, size, md5, {**args, **conditions},
+                                        progress)
+
         def put() -> Any:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size != size:
@@ -429,15 +478,33 @@ class S3Remote:
             progress(size)
         return unquote_etag(resp.get("ETag"))
 
+    async def _put_file(self, crt: CrtClient, key: str, path: os.PathLike[str] | str,
+                        size: int, md5: str, args: dict[str, Any],
+                        progress: Progress | None) -> str:
+        """One PUT whose body the CRT reads from the file. The MD5 the file was hashed to
+        goes with it, so a file changed since then is refused by the store, not stored."""
+        headers = headers_of({**args, "ContentMD5": b64(bytes.fromhex(md5))})
+        headers["Content-Length"] = str(size)
+        reply = await self._send(crt, "PUT", key, "PutObject", digest_sent=True,
+                                 headers=headers, send_path=os.fspath(path))
+        if progress:
+            progress(size)
+        return unquote_etag(reply.headers.get("ETag"))
+
     async def _abort(self, key: str, upload_id: str) -> bool:
         """Abort one multipart upload, even while being cancelled; False if it was gone."""
         return await abort_upload(self._link, key, upload_id)
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        """DELETE (blocking, in a worker thread). Gone already is fine, whatever `if_match`
-        says; another version still there is RemoteChanged."""
+        """DELETE. Gone already is fine, whatever `if_match` says; another version still
+        there is RemoteChanged."""
+        conditions = _conditions(if_match, False)
         try:
-            await self._s3("delete_object", key, **_conditions(if_match, False))
+            if self._crt is not None:
+                await self._send(self._crt, "DELETE", key, "DeleteObject",
+                                 headers=headers_of(conditions))
+            else:
+                await self._s3("delete_object", key, **conditions)
         except RemoteNotFound:
             return
         except RemoteChanged:

@@ -123,18 +123,18 @@ class FastClient:
 
     def put_object(self, *, Bucket: str, Key: str, Body: Any, **kw: Any) -> dict[str, Any]:
         body = Body if isinstance(Body, bytes) else Body.read()
-        headers = _headers(kw)
+        headers = headers_of(kw)
         reply = self._send("PUT", Bucket, Key, "PutObject", body, headers)
         return {"ETag": reply.headers.get("ETag", "")}
 
     def head_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
-        reply = self._send("HEAD", Bucket, Key, "HeadObject", b"", _headers(kw))
-        return _object_shape(reply)
+        reply = self._send("HEAD", Bucket, Key, "HeadObject", b"", headers_of(kw))
+        return object_shape(reply.headers)
 
     def get_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
-        headers = _headers(kw)
+        headers = headers_of(kw)
         reply = self._send("GET", Bucket, Key, "GetObject", b"", headers, stream=True)
-        shape = _object_shape(reply)
+        shape = object_shape(reply.headers)
         shape["Body"] = _Body(reply)
         if "Content-Range" in reply.headers:
             shape["ContentRange"] = reply.headers["Content-Range"]
@@ -152,7 +152,7 @@ class FastClient:
         return _list_shape(reply.data)
 
     def delete_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
-        self._send("DELETE", Bucket, Key, "DeleteObject", b"", _headers(kw))
+        self._send("DELETE", Bucket, Key, "DeleteObject", b"", headers_of(kw))
         return {}
 
     # -- plumbing ------------------------------------------------------------------------
@@ -189,7 +189,8 @@ class FastClient:
             if reply.status in _RETRY_STATUS and attempt + 1 < _ATTEMPTS:
                 _backoff(attempt)
                 continue
-            raise ClientError(_error_response(reply, data), operation)
+            raise ClientError(error_response(reply.status, reply.headers, data, reply.reason),
+                              operation)
         raise AssertionError("unreachable")
 
     def _sign(self, method: str, url: str, body: bytes, headers: dict[str, str]
@@ -223,7 +224,7 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
 
 
-def _headers(kw: Mapping[str, Any]) -> dict[str, str]:
+def headers_of(kw: Mapping[str, Any]) -> dict[str, str]:
     """boto3 keyword arguments of the calls answered here, as HTTP headers."""
     headers: dict[str, str] = {}
     for name, value in kw.items():
@@ -244,8 +245,8 @@ def _headers(kw: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-def _object_shape(reply: urllib3.BaseHTTPResponse) -> dict[str, Any]:
-    h = reply.headers
+def object_shape(h: Mapping[str, str]) -> dict[str, Any]:
+    """HEAD or GET answer headers (a case-insensitive mapping) in boto3's shape."""
     modified = h.get("Last-Modified")
     return {
         "ETag": h.get("ETag", ""),
@@ -293,8 +294,10 @@ def _iso(text: str | None) -> datetime:
     return datetime.fromisoformat((text or "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
 
 
-def _error_response(reply: urllib3.BaseHTTPResponse, data: bytes) -> dict[str, Any]:
-    code, message = str(reply.status), reply.reason or ""
+def error_response(status: int, headers: Mapping[str, str], data: bytes, reason: str | None = None
+                   ) -> dict[str, Any]:
+    """An error answer in the shape botocore's ClientError carries."""
+    code, message = str(status), reason or ""
     if data:
         try:
             root = ET.fromstring(data)
@@ -304,5 +307,5 @@ def _error_response(reply: urllib3.BaseHTTPResponse, data: bytes) -> dict[str, A
             pass
     return {
         "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": reply.status, "HTTPHeaders": dict(reply.headers)},
+        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},
     }

@@ -1,0 +1,170 @@
+"""Single-object requests awaited from trio, carried by the AWS CRT's S3 client.
+
+A sync moves thousands of small objects. Sent from worker threads, each one cost a thread
+hop and a fight for the GIL among dozens of threads (a pull of 5,000 small files made 1.4
+million futex calls); the CRT signs, sends, pools connections and retries in C on a couple
+of event-loop threads, and the trio task only waits for its answer. Answers come back in
+the shapes the rest of the remote package knows: an HTTP status, headers and body, and
+botocore's own `ClientError` / `EndpointConnectionError` for failures, so the one error
+translator in `s3.py` stays the only place where errors are read.
+
+Request bodies either come from memory or, for files, are read by the CRT from the path;
+the caller sends the file's Content-MD5 with it, so a file that changes while it is read
+is refused by the store rather than stored torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import urllib3
+from awscrt import auth as crt_auth
+from awscrt import http as crt_http
+from awscrt import io as crt_io
+from awscrt import s3 as crt_s3
+from awscrt.exceptions import AwsCrtError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+from fusesync.errors import SourceChanged
+from fusesync.remote.signed import error_response
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: urllib3.HTTPHeaderDict  # case-insensitive: stores differ in "ETag" / "Etag"
+    body: bytes
+
+
+class CrtClient:
+    """The CRT's S3 client for one endpoint; `send` is safe from any trio task."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        credentials: crt_auth.AwsCredentialsProvider,
+        region: str,
+        path_style: bool,
+        max_connections: int,
+    ) -> None:
+        endpoint = urllib.parse.urlsplit(endpoint_url)
+        self._host = endpoint.netloc
+        self._path_style = path_style
+        tls = endpoint.scheme == "https"
+        tls_options = None
+        if tls:
+            options = crt_io.TlsContextOptions()
+            ca_bundle = os.environ.get("AWS_CA_BUNDLE")  # as boto3 would
+            if ca_bundle:
+                options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
+            tls_options = crt_io.ClientTlsContext(options).new_connection_options()
+        self._client = crt_s3.S3Client(
+            region=region,
+            signing_config=crt_s3.create_default_s3_signing_config(
+                region=region, credential_provider=credentials
+            ),
+            tls_mode=crt_s3.S3RequestTlsMode.ENABLED if tls else crt_s3.S3RequestTlsMode.DISABLED,
+            tls_connection_options=tls_options,
+            # Connections are the CRT's to pool; it opens about this many for small requests.
+            throughput_target_gbps=max(1.0, max_connections / 4),
+        )
+
+    def _target(self, bucket: str, key: str, query: str) -> tuple[str, str]:
+        """(Host header, request target) for path-style or virtual-host addressing."""
+        quoted = urllib.parse.quote(key, safe="/~")
+        if self._path_style:
+            host, path = self._host, f"/{bucket}/{quoted}"
+        else:
+            host, path = f"{bucket}.{self._host}", f"/{quoted}"
+        return host, f"{path}?{query}" if query else path
+
+    async def send(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        operation: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        send_path: str | None = None,
+        query: str = "",
+    ) -> Reply:
+        """One request; raises ClientError for an error answer, EndpointConnectionError when
+        the endpoint cannot be reached (after the CRT's own retries), FileNotFoundError or
+        SourceChanged when `send_path` is missing or not `Content-Length` bytes long."""
+        host, target = self._target(bucket, key, query)
+        fields: list[tuple[str, str]] = [("Host", host), *(headers or {}).items()]
+        if body is not None:
+            fields.append(("Content-Length", str(len(body))))
+        request = crt_http.HttpRequest(
+            method,
+            target,
+            crt_http.HttpHeaders(fields),
+            io.BytesIO(body) if body is not None else None,
+        )
+        answer: dict[str, Any] = {}
+        chunks: list[bytes] = []
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def on_headers(status_code: int, headers: Sequence[tuple[str, str]], **_: Any) -> None:
+            answer["status"] = status_code
+            answer["headers"] = headers
+
+        def on_body(chunk: bytes, **_: Any) -> None:
+            chunks.append(bytes(chunk))
+
+        def on_done(**_: Any) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run was torn down
+                token.run_sync_soon(done.set)
+
+        try:
+            pending = self._client.make_request(
+                type=crt_s3.S3RequestType.DEFAULT,
+                operation_name=operation,
+                request=request,
+                send_filepath=send_path,
+                on_headers=on_headers,
+                on_body=on_body,
+                on_done=on_done,
+            )
+        except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
+            if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
+                raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
+            raise
+        try:
+            await done.wait()
+        except BaseException:
+            pending.cancel()
+            raise
+        try:
+            pending.finished_future.result()
+        except crt_s3.S3ResponseError as exc:
+            raise ClientError(
+                error_response(
+                    exc.status_code, urllib3.HTTPHeaderDict(exc.headers or ()), exc.body or b""
+                ),
+                operation,
+            ) from None
+        except AwsCrtError as exc:
+            if exc.name.startswith("AWS_AUTH_CREDENTIALS_PROVIDER"):
+                raise NoCredentialsError() from exc
+            if send_path is not None and exc.name == "AWS_ERROR_S3_INCORRECT_CONTENT_LENGTH":
+                raise SourceChanged(f"'{send_path}' changed size since it was hashed") from None
+            raise EndpointConnectionError(
+                endpoint_url=f"{host}{target}", error=f"{exc.name}: {exc.message}"
+            ) from exc
+        return Reply(
+            answer.get("status", 0),
+            urllib3.HTTPHeaderDict(answer.get("headers") or ()),
+            b"".join(chunks),
+        )
