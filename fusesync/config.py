@@ -121,6 +121,12 @@ class Target:
         return f"sync/{self.user}/{self.name}.manifest"
 
     @property
+    def keyring_key(self) -> str:
+        """The target's encryption keys (salts and key checks, never a key), beside the
+        prefix like the manifest, so every cluster finds them."""
+        return f"sync/{self.user}/{self.name}.keys"
+
+    @property
     def url(self) -> str:
         return f"s3://{self.bucket}/sync/{self.user}/{self.name}"
 

@@ -34,6 +34,9 @@ from fusesync.errors import IntegrityError
 
 FORMAT = "fusesync-aes256gcm-v1"
 """The value of x-amz-meta-fusesync-enc on every object in this format."""
+ENC_META = "fusesync-enc"  # the format's name
+KEY_META = "fusesync-key"  # the key id, hex (also in the header)
+TAG_META = "fusesync-tag"  # the keyed content tag (keys.TargetKey.content_tag), never an MD5
 
 MAGIC = b"FUSESYNC"
 VERSION = 1
@@ -221,6 +224,27 @@ def decrypt_stream(src: BinaryIO, size: int, write: Callable[[bytes], object],
         plain = dec.chunk(sealed)
         digest.update(plain)
         write(plain)
+    return dec.plain, digest.hexdigest()
+
+
+def reseal_stream(src: BinaryIO, size: int, write: Callable[[bytes], object],
+                  keys: Mapping[bytes, SealingKey], new: SealingKey, relpath: str
+                  ) -> tuple[int, str]:
+    """Open an object of `size` bytes from `src` and seal it anew under `new`, chunk by
+    chunk (the plaintext never lands anywhere). Returns the plaintext's size and hex MD5.
+    Blocks. As with decrypt_stream, `write` may have had part of it when this raises."""
+    dec = Decryptor(_read_full(src, HEADER_SIZE), size, keys, relpath)
+    enc = Encryptor(new, relpath)
+    write(enc.header)
+    digest = hashlib.md5()
+    sizes = dec.chunk_sizes()
+    for number, length in enumerate(sizes, start=1):
+        sealed = _read_full(src, length)
+        if len(sealed) != length:
+            raise IntegrityError(f"{dec.where} failed its integrity check: it ended early")
+        plain = dec.chunk(sealed)
+        digest.update(plain)
+        write(enc.chunk(plain, final=number == len(sizes)))
     return dec.plain, digest.hexdigest()
 
 

@@ -77,14 +77,29 @@ CREATE TABLE meta (
 );
 """
 
+# Version 2: client-side encryption. A row whose remote object is ciphertext says so, so
+# that pull decrypts it (or skips it without a passphrase) and never writes ciphertext as
+# a file. For such a row remote_size is the plaintext's size and remote_md5 holds the
+# object's keyed content tag ('k1:...', see fusesync/crypt/keys.py), never a bare MD5.
+V2 = """
+-- the object's encryption format ('fusesync-aes256gcm-v1'); NULL: plaintext
+ALTER TABLE paths ADD COLUMN remote_enc TEXT;
+"""
+
+
 def create_v1(db: sqlite_utils.Database) -> None:
     for statement in statements(V1):
         db.execute(statement)
 
 
+def add_remote_enc(db: sqlite_utils.Database) -> None:
+    for statement in statements(V2):
+        db.execute(statement)
+
+
 Migration = Callable[["sqlite_utils.Database"], None]
 
-MIGRATIONS: tuple[Migration, ...] = (create_v1,)
+MIGRATIONS: tuple[Migration, ...] = (create_v1, add_remote_enc)
 """MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version),
 inside one transaction; later ones can reshape tables with sqlite-utils' transform()."""
 

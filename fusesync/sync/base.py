@@ -32,7 +32,7 @@ NO_REMOTE: dict[str, Any] = {
         (
             "remote_kind", "remote_etag", "remote_size", "remote_mode", "remote_uid",
             "remote_gid", "remote_owner", "remote_group", "remote_mtime", "remote_md5",
-            "remote_target",
+            "remote_target", "remote_enc",
         )
     ),
     "remote_marker": 0,
@@ -101,6 +101,7 @@ def remote_written(row: Row, etag: str | None, attrs: Attrs, marker: bool) -> di
         "remote_mtime": attrs.mtime,
         "remote_md5": row["local_md5"],
         "remote_target": row["local_target"],
+        "remote_enc": None,  # sealed uploads say otherwise (sync/sealed.py)
         "remote_marker": int(marker),
         "base_etag": etag,
         "base_rsig": remote_sig(

@@ -28,6 +28,7 @@ class ManifestEntry:
     mtime: float | None = None
     target: str | None = None
     enc: str | None = None  # the encryption format, when the body is ciphertext
+    key: str | None = None  # then: the id of the key it is sealed under (hex)
 
 
 _FIELDS = tuple(f.name for f in fields(ManifestEntry))

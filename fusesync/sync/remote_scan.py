@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
+from fusesync.crypt.stream import ENC_META, TAG_META, plain_size
 from fusesync.errors import one_error
 from fusesync.index import Index
 from fusesync.remote.base import Listed, Remote
@@ -34,6 +35,7 @@ REMOTE_COLUMNS = (
     "remote_md5",
     "remote_target",
     "remote_marker",
+    "remote_enc",
 )
 _HEAD_CONCURRENCY = 16
 
@@ -121,7 +123,7 @@ async def list_remote(
             mode or (stat.S_IFDIR | DEFAULT_DIR_MODE),
             entry.uid if entry else None, entry.gid if entry else None,
             entry.owner if entry else None, entry.group if entry else None,
-            entry.mtime if entry else None, None, None, int(rel in markers),
+            entry.mtime if entry else None, None, None, int(rel in markers), None,
         )
 
     limiter = trio.CapacityLimiter(_HEAD_CONCURRENCY)
@@ -171,18 +173,22 @@ def record_remote(index: Index, rows: dict[str, tuple[Any, ...]]) -> None:
     gone = [path for path in known if path not in rows]
     with index.transaction():
         index.upsert_many(REMOTE_COLUMNS, changed)
-        cleared = (None,) * (len(REMOTE_COLUMNS) - 1) + (0,)
+        cleared = tuple(0 if name == "remote_marker" else None for name in REMOTE_COLUMNS)
         index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
 
 
 def _row_from_entry(entry: ManifestEntry, obj: Listed) -> tuple[Any, ...]:
     kind = Kind(entry.kind) if entry.kind in Kind.__members__.values() else Kind.FILE
     default = DEFAULT_FILE_MODE if kind == Kind.FILE else 0o777
+    if entry.enc:  # ciphertext: the plaintext's size, and a keyed tag where the MD5 stands
+        size, md5 = entry.size, entry.md5
+    else:
+        size, md5 = obj.size, entry.md5 or md5_etag(obj.etag)
     return (
-        kind.value, obj.etag, obj.size, entry.mode or (kind.type_bits | default),
+        kind.value, obj.etag, size, entry.mode or (kind.type_bits | default),
         entry.uid, entry.gid, entry.owner, entry.group,
         entry.mtime if entry.mtime is not None else obj.last_modified,
-        entry.md5 or md5_etag(obj.etag), entry.target, 0,
+        md5, entry.target, 0, entry.enc,
     )
 
 
@@ -203,8 +209,12 @@ async def _row_from_head(remote: Remote, obj: Listed) -> tuple[Any, ...] | None:
         target = got[0].decode("utf-8", "surrogateescape")
     elif mode is None or not stat.S_ISREG(mode):
         mode = stat.S_IFREG | DEFAULT_FILE_MODE
+    size, md5 = head.size, md5_etag(head.etag)
+    enc = head.metadata.get(ENC_META) if kind == Kind.FILE else None
+    if enc:  # ciphertext: the plaintext's size, and the keyed tag, never the etag's MD5
+        size, md5 = plain_size(head.size) or 0, head.metadata.get(TAG_META)
     return (
-        kind.value, head.etag, head.size, mode, attrs.uid, attrs.gid, None, None,
+        kind.value, head.etag, size, mode, attrs.uid, attrs.gid, None, None,
         attrs.mtime if attrs.mtime is not None else head.last_modified,
-        md5_etag(head.etag), target, 0,
+        md5, target, 0, enc,
     )
