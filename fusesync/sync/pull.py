@@ -21,13 +21,16 @@ from fusesync.errors import IntegrityError, RemoteChanged
 from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
-from fusesync.sync.localfs import LocalChanged, Owner, Tree, UnsafePath, Version
+from fusesync.sync.batches import Batcher
+from fusesync.sync.localfs import Landing, LocalChanged, Owner, Tree, UnsafePath, Version
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Progress, Report
 
 SMALL = 1 << 20
-"""Files up to this size are fetched whole in one request, then written in one step."""
+"""Files up to this size are fetched whole in one request, then landed in batches."""
+LANDING_BATCH = 128
+"""Small files landed per worker-thread hop and per syncfs."""
 
 
 def conflict_name(name: str, when: float | None = None, host: str | None = None) -> str:
@@ -70,6 +73,7 @@ class Puller:
         self.report = report
         self.progress = progress
         self._disk = trio.CapacityLimiter(8)
+        self._landing: Batcher[Landing]
         self.rows = RowWriter(index)
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
@@ -90,7 +94,8 @@ class Puller:
             async with limiter:
                 await self._guarded(action, self._dispatch)
 
-        async with trio.open_nursery() as nursery:
+        async with Batcher.running(self.tree.land, LANDING_BATCH) as self._landing, \
+                trio.open_nursery() as nursery:
             for action in actions:
                 if action.op in (Op.FETCH, Op.CONFLICT) and action.kind != Kind.DIR:
                     nursery.start_soon(one, action)
@@ -146,18 +151,13 @@ class Puller:
                 limiter=self._disk,
             )
             md5 = row["remote_md5"]
+        elif (row["remote_size"] or 0) <= SMALL:  # one request, then landed in a batch
+            st, md5 = await self._fetch_small(row, expect, final_name)
+            self.report.downloaded_bytes += st.st_size
         else:
             md5_box: list[str] = []
-            body = None
-            if (row["remote_size"] or 0) <= SMALL:  # one request, then one write
-                got = await self.remote.get_bytes(self.target.prefix + path,
-                                                  if_match=row["remote_etag"])
-                if got is None:
-                    raise RemoteChanged(path)
-                body = got[0]
-                self.progress.advance(size=len(body))
             st = await trio.to_thread.run_sync(
-                self._write_file, row, expect, final_name, md5_box, body, limiter=self._disk
+                self._write_file, row, expect, final_name, md5_box, limiter=self._disk
             )
             md5 = md5_box[0]
             self.report.downloaded_bytes += st.st_size
@@ -167,16 +167,32 @@ class Puller:
             local = columns.local_from_stat(st, Kind(kind), md5, row["remote_target"])
             self.rows.put(path, **local, **columns.local_base(local), **columns.remote_base(row))
 
+    async def _fetch_small(self, row: Row, expect: Version | bool | None,
+                           final_name: str | None) -> tuple[os.stat_result, str]:
+        path = row["path"]
+        got = await self.remote.get_bytes(self.target.prefix + path, if_match=row["remote_etag"])
+        if got is None:
+            raise RemoteChanged(path)
+        body = got[0]
+        self.progress.advance(size=len(body))
+        md5 = hashlib.md5(body).hexdigest()
+        if row["remote_md5"] and md5 != row["remote_md5"]:
+            raise IntegrityError(f"'{path}': downloaded data does not match its MD5")
+        landing = Landing(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
+                          remote_owner(row), expect, final_name)
+        await self._landing.submit(landing)
+        if isinstance(landing.result, Exception):
+            raise landing.result
+        assert landing.result is not None, "a handled batch sets every result"
+        return landing.result, md5
+
     def _write_file(self, row: Row, expect: Version | bool | None, final_name: str | None,
-                    md5_box: list[str], body: bytes | None) -> os.stat_result:
+                    md5_box: list[str]) -> os.stat_result:
         """Download into a temporary file, verify, rename into place. Blocks (worker thread)."""
         key = self.target.prefix + row["path"]
 
         def fill(f: BinaryIO) -> None:
-            if body is not None:
-                f.write(body)
-            else:
-                trio.from_thread.run(self._download, key, f, row["remote_etag"])
+            trio.from_thread.run(self._download, key, f, row["remote_etag"])
             f.flush()
             f.seek(0)
             digest = hashlib.file_digest(f, "md5").hexdigest()  # type: ignore[arg-type]
