@@ -4,10 +4,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config
+# python3: the Debian package's interpreter; tcsh, man-db: its login hook and man page tests.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 tcsh man-db
+DEB_DIR ?= dist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench lint deps system-deps clean
+.PHONY: test demo bench lint deps system-deps clean deb
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -39,6 +41,14 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+# The Debian package, written to $(DEB_DIR): packaging/build-deb says what it holds.
+deb: $(VENV)/.installed-deb
+	VENV_BIN=$(abspath $(BIN)) packaging/build-deb $(DEB_DIR)
+
+$(VENV)/.installed-deb: $(VENV)/.installed packaging/build-requirements.txt
+	$(BIN)/pip install -q -r packaging/build-requirements.txt
 	@touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
