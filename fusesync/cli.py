@@ -16,6 +16,7 @@ import click
 
 from fusesync import __version__
 from fusesync.config import ADDRESSING_STYLES, Config, Target
+from fusesync.crypt.cli import passphrase_option, rekey, terminal_source
 from fusesync.errors import Declined, FusesyncError, first_leaf
 from fusesync.index.lock import TargetLock
 
@@ -106,7 +107,8 @@ def cli(config_file: Path | None, debug: bool) -> None:
     'fusesync push' on one cluster and 'fusesync pull' on the next.
 
     Credentials are never stored by fusesync: boto3 finds them (environment, shared
-    credentials file, --profile, instance role).
+    credentials file, --profile, instance role). Files a target encrypts (its 'encrypt'
+    list) are encrypted before they leave; their names stay visible on the remote.
     """
 
 
@@ -227,6 +229,7 @@ def sync_options(func: Any) -> Any:
         "--max-delete", type=Fraction(), default="50%", show_default=True,
         help="Stop before deleting more than this share of the target's files.",
     )(func)
+    func = passphrase_option(func)
     return click.argument("name", default="default")(func)
 
 
@@ -251,7 +254,8 @@ def _forward_if_mounted(
         ctx.exit(status)
 
 
-def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float) -> None:
+def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float,
+              passphrase_file: Path | None) -> None:
     import trio  # here, not at the top: list, add and remove start faster without it
 
     from fusesync.sync.report import Report
@@ -264,14 +268,22 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
         click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
     else:
         click.echo(f" > Synchronizing {target.url} to directory '{target.path}'")
+    shown: list[bool] = []
+
+    def permissions() -> None:  # before a passphrase prompt, as the original tool printed it
+        if not shown:
+            click.echo("    Permissions ... OK")
+            shown.append(True)
+
+    passphrase = terminal_source(passphrase_file, before=permissions)
 
     async def go() -> Report:
-        async with open_engine(config, target, verb, _progress(verb)) as engine:
+        async with open_engine(config, target, verb, _progress(verb), passphrase) as engine:
             run = engine.push if verb == "push" else engine.pull
             return await run(dry_run=dry_run, max_delete=max_delete)
 
     report = trio.run(go)
-    click.echo("    Permissions ... OK")
+    permissions()
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
     for action in report.planned:
         click.echo(f"   would {action.op.value}: {action.path}")
@@ -286,27 +298,38 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
 @cli.command()
 @sync_options
 @click.pass_context
-def push(ctx: click.Context, name: str, dry_run: bool, max_delete: float) -> None:
+def push(ctx: click.Context, name: str, dry_run: bool, max_delete: float,
+         passphrase_file: Path | None) -> None:
     """Upload local changes of target NAME (default: 'default') (alias: put).
 
     New, changed and deleted files, and changes of mode, owner and mtime, go to the
     remote with conditional writes: a file changed on the remote since the last sync is
     left alone and reported as a conflict (exit status 3).
+
+    Files matching the target's encrypt list ('.ssh/', '.gnupg/' and '.aws/' for
+    'default') are encrypted here first (AES-256-GCM, key from a passphrase by scrypt):
+    push asks for the passphrase when it has one to encrypt (CTRL+C skips them), or reads
+    $FUSESYNC_PASSPHRASE or --passphrase-file. Their names, sizes, modes and times stay
+    visible on the remote.
     """
-    _run_sync(ctx, "push", name, dry_run, max_delete)
+    _run_sync(ctx, "push", name, dry_run, max_delete, passphrase_file)
 
 
 @cli.command()
 @sync_options
 @click.pass_context
-def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float) -> None:
+def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float,
+         passphrase_file: Path | None) -> None:
     """Bring remote changes of target NAME into its directory (alias: get).
 
     A file changed on both sides keeps the local version at its path; the remote one is
     written beside it as NAME.conflict-HOST-YYYYMMDD-HHMMSS[.ext] (exit status 3).
     A local file is deleted only if it is unchanged since the last sync.
+
+    Encrypted files are decrypted with the passphrase (asked for, or $FUSESYNC_PASSPHRASE
+    or --passphrase-file); without it they are left unpulled and listed.
     """
-    _run_sync(ctx, "pull", name, dry_run, max_delete)
+    _run_sync(ctx, "pull", name, dry_run, max_delete, passphrase_file)
 
 
 @cli.command()
@@ -387,6 +410,7 @@ from fusesync.fs.commands import mount, unmount  # noqa: E402 - the mount's comm
 
 cli.add_command(mount)
 cli.add_command(unmount)
+cli.add_command(rekey)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ nothing here is a primitive of its own: AES-GCM and HKDF come from `cryptography
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -62,6 +63,8 @@ class SealingKey(Protocol):
 
 class WrongKey(IntegrityError):
     """The object was sealed under a key this run does not hold (another passphrase)."""
+
+    errno = errno.EACCES
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
+from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop, one_error
 from fusesync.index import Index
 from fusesync.remote.base import Remote
@@ -29,6 +30,7 @@ from fusesync.sync.push import Pusher
 from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import ScanResult, scan_tree
+from fusesync.sync.sealed import Sealing
 
 DEFAULT_MAX_DELETE = 0.5
 DEFAULT_CONCURRENCY = 32
@@ -53,9 +55,11 @@ class Engine:
         progress: Progress | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         root_fd: int | None = None,
+        passphrase: PassphraseSource | None = None,
     ) -> None:
         """`root_fd`: the target directory, already open (the mount daemon's kept
-        descriptor, beneath its own mount); by default the CLI opens `target.path`."""
+        descriptor, beneath its own mount); by default the CLI opens `target.path`.
+        `passphrase`: where encrypted files' passphrase comes from; None: they are skipped."""
         self.target = target
         self.index = index
         self.remote = remote
@@ -63,6 +67,7 @@ class Engine:
         self.concurrency = concurrency
         self.exclude = PathMatcher(target.exclude)
         self.root_fd = root_fd
+        self.sealing = Sealing(target, remote, passphrase, spool=target.state_dir)
 
     # -- detect ----------------------------------------------------------------------
 
@@ -140,12 +145,14 @@ class Engine:
             return report.done()
         if actions:
             await prepare_remote(self.index, self.remote, self.target)
+            actions = await self.sealing.admit_push(actions, report)  # asks, if it must
             self.index.set_meta("push_running", "1")
             self.progress.start(
                 sum(1 for a in actions if a.op == Op.UPLOAD and a.kind != Kind.DIR),
                 sum(a.size for a in actions if a.op == Op.UPLOAD),
             )
-            pusher = Pusher(self.target, self.index, self.remote, report, self.progress)
+            pusher = Pusher(self.target, self.index, self.remote, report, self.progress,
+                            self.sealing)
             await pusher.run(actions, self.concurrency)
             self.progress.finish()
             self.index.set_meta("push_running", "")
@@ -168,6 +175,7 @@ class Engine:
         if dry_run:
             report.planned = actions
             return report.done()
+        actions = await self.sealing.admit_pull(actions, report)  # asks, if it must
         self.progress.start(
             sum(1 for a in actions if a.op == Op.FETCH and a.kind != Kind.DIR),
             sum(a.size for a in actions if a.op in (Op.FETCH, Op.CONFLICT)),
@@ -175,7 +183,8 @@ class Engine:
         with self.open_tree() as tree:
             for leftover in scan.leftovers:
                 await trio.to_thread.run_sync(tree.remove_leftover, leftover)
-            puller = Puller(self.target, self.index, self.remote, tree, report, self.progress)
+            puller = Puller(self.target, self.index, self.remote, tree, report, self.progress,
+                            self.sealing)
             await puller.run(actions, self.concurrency)
         self.progress.finish()
         self.index.prune()
@@ -201,7 +210,7 @@ class Engine:
         if not prefix.strip("/") or prefix.count("/") < 3:
             raise SafetyStop(f"refusing to purge '{prefix}': not a target's prefix")
         keys = [obj.key async for obj in self.remote.list(prefix)]
-        await self.remote.delete_many([*keys, self.target.manifest_key])
+        await self.remote.delete_many([*keys, self.target.manifest_key, self.target.keyring_key])
         with self.index.transaction():
             self.index.update_where("1", (), **columns.NO_BASE, **columns.NO_REMOTE)
             self.index.prune()

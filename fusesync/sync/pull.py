@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 
@@ -26,6 +26,9 @@ from fusesync.sync.localfs import Landing, LocalChanged, Owner, Tree, UnsafePath
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Progress, Report
+
+if TYPE_CHECKING:
+    from fusesync.sync.sealed import Sealing
 
 SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then landed in batches."""
@@ -65,8 +68,11 @@ class Puller:
         tree: Tree,
         report: Report,
         progress: Progress,
+        sealing: Sealing | None = None,
     ) -> None:
+        """`sealing`: opens encrypted objects (sync/sealed.py); without it they fail."""
         self.target = target
+        self.sealing = sealing
         self.index = index
         self.remote = remote
         self.tree = tree
@@ -151,6 +157,9 @@ class Puller:
                 limiter=self._disk,
             )
             md5 = row["remote_md5"]
+        elif row["remote_enc"]:  # encrypted: a path of its own
+            st, md5 = await self._fetch_sealed(row, expect, final_name)
+            self.report.downloaded_bytes += st.st_size
         elif (row["remote_size"] or 0) <= SMALL:  # one request, then landed in a batch
             st, md5 = await self._fetch_small(row, expect, final_name)
             self.report.downloaded_bytes += st.st_size
@@ -204,6 +213,19 @@ class Puller:
             row["path"], fill, row["remote_mode"] or 0o644, remote_mtime_ns(row),
             remote_owner(row), expect, final_name,
         )
+
+    async def _fetch_sealed(self, row: Row, expect: Version | bool | None,
+                            final_name: str | None) -> tuple[os.stat_result, str]:
+        """Fetch an encrypted object, then open it into the temporary file that is renamed
+        into place only once every chunk has verified."""
+        if self.sealing is None:
+            raise IntegrityError(f"'{row['path']}' is encrypted; this run holds no key for it")
+        async with self.sealing.opened(row, lambda n: self.progress.advance(size=n)) as body:
+            st = await trio.to_thread.run_sync(
+                self.tree.write_file, row["path"], body.fill, row["remote_mode"] or 0o644,
+                remote_mtime_ns(row), remote_owner(row), expect, final_name, limiter=self._disk,
+            )
+        return st, body.md5
 
     async def _download(self, key: str, f: BinaryIO, etag: str | None) -> None:
         await self.remote.download_file(key, f, if_match=etag,

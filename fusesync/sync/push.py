@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,6 +25,9 @@ from fusesync.sync.plan import Action, Op
 from fusesync.sync.remote_scan import load_manifest
 from fusesync.sync.report import Progress, Report
 
+if TYPE_CHECKING:
+    from fusesync.sync.sealed import Sealing
+
 CONTENT_MD5_META = "fusesync-md5"
 """Our content MD5, kept on each file object: a multipart etag is no MD5 of the content."""
 
@@ -37,9 +41,12 @@ class Pusher:
     """Carries out a push plan. Owns nothing: the engine passes index, remote and report."""
 
     def __init__(
-        self, target: Target, index: Index, remote: Remote, report: Report, progress: Progress
+        self, target: Target, index: Index, remote: Remote, report: Report, progress: Progress,
+        sealing: Sealing | None = None,
     ) -> None:
+        """`sealing`: encrypts the files the target's encrypt list covers (sync/sealed.py)."""
         self.target = target
+        self.sealing = sealing
         self.index = index
         self.remote = remote
         self.report = report
@@ -96,8 +103,13 @@ class Pusher:
         attrs = columns.attrs_of_local(row)
         conditions = {"if_none_match": True} if create else {"if_match": base_etag}
         marker = False
+        sealing = self.sealing if kind == Kind.FILE and self.sealing is not None \
+            and self.sealing.covers(row) else None
         try:
-            if kind == Kind.FILE:
+            if sealing is not None:  # encrypted: a path of its own
+                etag = await sealing.upload(self.key(path), self.target.path / path, row, attrs,
+                                            conditions, self._bytes)
+            elif kind == Kind.FILE:
                 etag = await self.remote.upload_file(
                     self.key(path), self.target.path / path, size=row["local_size"],
                     md5=row["local_md5"], attrs=attrs, progress=self._bytes,
@@ -123,22 +135,27 @@ class Pusher:
             if head is None and not create:
                 await self._upload(row, create=True)  # deleted remotely: modify beats delete
                 return
-            if head is None or not _holds(head, row["local_md5"]):
+            if head is None or not (
+                sealing.holds(head, row) if sealing else _holds(head, row["local_md5"])
+            ):
                 self.report.conflicts.append((path, "changed on the remote since the last "
                                               "sync; pull to resolve"))
                 return
             # The remote already holds this content: our own write whose row a killed run
             # never recorded, or the same edit made elsewhere. Either way, it is the base.
             etag, attrs = head.etag, head.attrs
-        self.rows.put(path, **columns.local_base(row),
-                      **columns.remote_written(row, etag, attrs, marker))
-        self.manifest_changes[path] = ManifestEntry(
+        written = columns.remote_written(row, etag, attrs, marker)
+        if sealing is not None:
+            written.update(sealing.row_fields(row))
+        self.rows.put(path, **columns.local_base(row), **written)
+        entry = ManifestEntry(
             kind=kind, etag=etag, md5=row["local_md5"], size=row["local_size"] or 0,
             mode=attrs.mode, uid=attrs.uid, gid=attrs.gid,
             owner=user_name(attrs.uid) if attrs.uid is not None else None,
             group=group_name(attrs.gid) if attrs.gid is not None else None,
             mtime=attrs.mtime, target=row["local_target"],
         )
+        self.manifest_changes[path] = sealing.manifest_entry(entry, row) if sealing else entry
         if kind != Kind.DIR:
             self.report.uploaded += 1
             self.report.uploaded_bytes += row["local_size"] or 0
@@ -167,24 +184,28 @@ class Pusher:
         if row["base_kind"] != Kind.DIR:
             self.report.deleted += 1
 
-    async def _write_manifest(self, attempts: int = 5) -> None:
-        """Merge this run's changes into the manifest, conditionally, retrying on a race."""
-        if not self.manifest_changes:
+    async def _write_manifest(self) -> None:
+        if self.manifest_changes:
+            await merge_manifest(self.remote, self.target, self.manifest_changes)
+
+
+async def merge_manifest(remote: Remote, target: Target,
+                         changes: dict[str, ManifestEntry | None], attempts: int = 5) -> None:
+    """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race."""
+    for _ in range(attempts):
+        entries, etag = await load_manifest(remote, target)
+        for path, entry in changes.items():
+            if entry is None:
+                entries.pop(path, None)
+            else:
+                entries[path] = entry
+        try:
+            await remote.put_bytes(
+                target.manifest_key, encode(entries),
+                content_type="application/gzip",
+                **({"if_match": etag} if etag else {"if_none_match": True}),
+            )
             return
-        for _ in range(attempts):
-            entries, etag = await load_manifest(self.remote, self.target)
-            for path, entry in self.manifest_changes.items():
-                if entry is None:
-                    entries.pop(path, None)
-                else:
-                    entries[path] = entry
-            try:
-                await self.remote.put_bytes(
-                    self.target.manifest_key, encode(entries),
-                    content_type="application/gzip",
-                    **({"if_match": etag} if etag else {"if_none_match": True}),
-                )
-                return
-            except RemoteChanged:
-                continue  # another cluster wrote it meanwhile: merge again
-        raise FusesyncError("the manifest kept changing under this push; run push again")
+        except RemoteChanged:
+            continue  # another cluster wrote it meanwhile: merge again
+    raise FusesyncError("the manifest kept changing under this run; run it again")

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fusesync.config import Config, Settings, Target
+from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.index import Index, TargetLock
 from fusesync.remote.base import Remote
 from fusesync.sync.engine import Engine
@@ -47,7 +48,8 @@ def s3_remote(settings: Settings) -> Remote:
 
 @asynccontextmanager
 async def open_engine(
-    config: Config, target: Target, activity: str, progress: Progress | None = None
+    config: Config, target: Target, activity: str, progress: Progress | None = None,
+    passphrase: PassphraseSource | None = None,
 ) -> AsyncIterator[Engine]:
     """Lock the target, open its index and remote, and yield an Engine for them."""
     settings = config.settings
@@ -56,4 +58,4 @@ async def open_engine(
         index = stack.enter_context(Index(target.state_dir / "index.db"))
         remote = LazyRemote(lambda: s3_remote(settings), settings.bucket)
         stack.push_async_callback(remote.aclose)
-        yield Engine(target, index, remote, progress)
+        yield Engine(target, index, remote, progress, passphrase=passphrase)

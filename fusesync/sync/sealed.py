@@ -1,0 +1,408 @@
+"""Encrypted files: which paths, the key for one run, and their own transfers.
+
+Paths matching a target's `encrypt` list go up sealed (crypt/stream.py) and come down
+opened, on a path of their own beside the fast one: they are few (dotfile folders). Upload
+seals into memory or, for a large file, into a spool file (ciphertext only, unlinked at
+once), then sends that; download fetches the object, then opens it into the temporary file
+pull renames into place only once every chunk has verified. This module never sends the
+plaintext of a covered path, never hands ciphertext over as a file's content, and never
+asks for a passphrase unless the run has something to seal or open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import trio
+
+from fusesync.config import Target
+from fusesync.crypt import keys as keyring
+from fusesync.crypt.keys import Keyring, TargetKey
+from fusesync.crypt.passphrase import PassphraseSource
+from fusesync.crypt.stream import (
+    ENC_META,
+    FORMAT,
+    HEADER_SIZE,
+    KEY_META,
+    TAG_META,
+    decrypt_stream,
+    encrypt_stream,
+    header_key_id,
+    sealed_size,
+)
+from fusesync.errors import FusesyncError, IntegrityError, RemoteChanged, SourceChanged
+from fusesync.index import Row
+from fusesync.remote.base import Attrs, Head, Remote
+from fusesync.sync.manifest import ManifestEntry
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.model import Kind
+from fusesync.sync.plan import Action, Op
+from fusesync.sync.report import Report
+
+SMALL = 8 << 20
+"""Objects up to this size are sealed or opened in memory, in one request."""
+TRIES = 3
+
+PUSH_QUESTION = "Encryption passphrase (CTRL+C to skip)"
+PULL_QUESTION = "Decryption passphrase (CTRL+C to skip)"
+
+
+class IncorrectPassphrase(FusesyncError):
+    """A passphrase given by file or environment does not open the target's key."""
+
+    errno = errno.EACCES
+
+
+class NoKey(FusesyncError):
+    """An encrypted file cannot be opened: no passphrase, or none that opens its key."""
+
+    errno = errno.EACCES
+
+
+class Sealing:
+    """One run's encrypted files. The engine admits actions through it (asking for the
+    passphrase once, when there is something to seal or open); push and pull hand it the
+    transfers of those files."""
+
+    def __init__(self, target: Target, remote: Remote, source: PassphraseSource | None,
+                 spool: Path | None = None) -> None:
+        """`spool`: where large files' ciphertext waits (None: the system's temp dir)."""
+        self.target = target
+        self.remote = remote
+        self.source = source
+        self.spool = spool
+        self.matcher = PathMatcher(target.encrypt)
+        self.key: TargetKey | None = None  # the key new objects are sealed with
+        self.keys: dict[bytes, TargetKey] = {}  # the keys objects are opened with
+        self.refused: str | None = None  # why no key can be had (said once)
+        self._lock = trio.Lock()
+
+    # -- which rows ------------------------------------------------------------------
+
+    def covers(self, row: Row) -> bool:
+        """Whether push seals this row's local file."""
+        return row["local_kind"] == Kind.FILE and self.matcher.matches(row["path"])
+
+    @property
+    def can_try(self) -> bool:
+        """Whether a key may yet be had without asking anyone (the mount's question)."""
+        return bool(self.keys) or (self.refused is None and self.source is not None
+                                   and self.source.given is not None)
+
+    # -- admitting a run's actions -------------------------------------------------------
+
+    async def admit_push(self, actions: list[Action], report: Report) -> list[Action]:
+        """The actions push may carry out: those sealing a file only if a key was had."""
+        sealed = [a for a in actions
+                  if a.op == Op.UPLOAD and a.row is not None and self.covers(a.row)]
+        if not sealed:
+            return actions
+        async with self._lock:
+            reason = await self._unlock_for_push(len(sealed))
+        return _without(actions, sealed, reason, report)
+
+    async def admit_pull(self, actions: list[Action], report: Report) -> list[Action]:
+        """The actions pull may carry out: opening an object only with a key; a conflict
+        whose two sides hold the same content (told by the keyed tag) is no conflict."""
+        sealed = [a for a in actions if a.op in (Op.FETCH, Op.CONFLICT) and a.row is not None
+                  and a.row["remote_enc"] and a.row["remote_kind"] == Kind.FILE
+                  and a.row["local_kind"] != Kind.DIR]
+        if not sealed:
+            return actions
+        async with self._lock:
+            reason = await self._unlock_for_pull(len(sealed))
+        actions = _without(actions, sealed, reason, report)
+        return [self._same_content(a) if a.op == Op.CONFLICT else a for a in actions]
+
+    def _same_content(self, action: Action) -> Action:
+        row = action.row
+        assert row is not None
+        same = (row["remote_enc"] and row["local_kind"] == Kind.FILE and row["local_md5"]
+                and any(k.content_tag(row["local_md5"]) == row["remote_md5"]
+                        for k in self.keys.values()))
+        return dataclasses.replace(action, op=Op.RECORD, reason="") if same else action
+
+    # -- the key ---------------------------------------------------------------------
+
+    async def load_keyring(self) -> Keyring | None:
+        got = await self.remote.get_bytes(self.target.keyring_key)
+        if got is None:
+            return None
+        return Keyring.decode(*got)
+
+    async def unlock(self) -> bool:
+        """For the mount: open the target's keys with the given passphrase, once."""
+        async with self._lock:
+            if not self.keys and self.refused is None:
+                try:
+                    self.refused = await self._unlock_for_pull(0)
+                except FusesyncError as exc:  # a wrong passphrase, an unreadable keyring
+                    self.refused = str(exc)
+        return bool(self.keys)
+
+    async def _unlock_for_push(self, count: int) -> str | None:
+        if self.key is not None:
+            return None
+        source = self._source(count, PUSH_QUESTION)
+        if isinstance(source, str):
+            return source
+        ring = await self.load_keyring()
+        if ring is None:
+            return await self._create(source)
+        key = await self._verify(source, ring, PUSH_QUESTION, current_only=True)
+        if isinstance(key, str):
+            return key
+        self.key = key
+        self.keys[key.key_id] = key
+        return None
+
+    async def _unlock_for_pull(self, count: int) -> str | None:
+        if self.keys:
+            return None
+        source = self._source(count, PULL_QUESTION)
+        if isinstance(source, str):
+            return source
+        ring = await self.load_keyring()
+        if ring is None:
+            return (f"encrypted, but {self.target.url}.keys holds no key to open it with "
+                    "(purged or never pushed by fusesync?)")
+        key = await self._verify(source, ring, PULL_QUESTION, current_only=False)
+        if isinstance(key, str):
+            return key
+        self.keys[key.key_id] = key
+        if key.key_id == ring.current:
+            self.key = key
+        return None
+
+    def _source(self, count: int, question: str) -> PassphraseSource | str:
+        source = self.source
+        if source is None or (source.given is None and source.ask is None):
+            if count and source is not None:
+                label = question.partition(" (")[0]
+                source.say(f"{label}: none given and no terminal to ask on; skipping {count} "
+                           "encrypted file(s) (set FUSESYNC_PASSPHRASE or use "
+                           "--passphrase-file)")
+            return "encrypted; skipped: no passphrase given"
+        return source
+
+    async def _verify(self, source: PassphraseSource, ring: Keyring, question: str,
+                      current_only: bool) -> TargetKey | str:
+        """The key `source`'s passphrase opens; an error for a wrong given one; a reason
+        to skip when the user skipped or missed three times."""
+        if source.given is not None:
+            key = await trio.to_thread.run_sync(ring.unlock, source.given, current_only)
+            if key is None:
+                raise IncorrectPassphrase(f"the passphrase from {source.origin} is incorrect "
+                                          "(nothing was changed by it)")
+            return key
+        assert source.ask is not None
+        for _ in range(TRIES):
+            # Blocks the event loop while the user types: nothing else is in flight now.
+            answer = source.ask(question)
+            if answer is None:
+                return "encrypted; skipped at the passphrase prompt"
+            key = await trio.to_thread.run_sync(ring.unlock, answer, current_only)
+            if key is not None:
+                return key
+            source.say("Incorrect passphrase.")
+        return "encrypted; skipped after three incorrect passphrases"
+
+    async def _create(self, source: PassphraseSource) -> str | None:
+        """The target's first key: from the passphrase (asked twice on a terminal), its
+        keyring written only if no other cluster wrote one meanwhile."""
+        passphrase = source.given
+        for _ in range(TRIES if passphrase is None else 0):
+            assert source.ask is not None
+            first = source.ask(PUSH_QUESTION)
+            if first is None:
+                return "encrypted; skipped at the passphrase prompt"
+            if not first:
+                source.say("The passphrase cannot be empty.")
+                continue
+            again = source.ask("Repeat passphrase")
+            if again is None:
+                return "encrypted; skipped at the passphrase prompt"
+            if first == again:
+                passphrase = first
+                break
+            source.say("Passphrases differ.")
+        if passphrase is None:
+            return "encrypted; skipped: the passphrases given differed"
+        params, key = await trio.to_thread.run_sync(keyring.create, passphrase)
+        ring = Keyring({params.key_id: params}, params.key_id)
+        try:
+            await self.remote.put_bytes(self.target.keyring_key, ring.encode(),
+                                        content_type="application/json", if_none_match=True)
+        except RemoteChanged:  # another cluster made the first key meanwhile: use theirs
+            theirs = await self.load_keyring()
+            if theirs is None:
+                raise
+            found = await trio.to_thread.run_sync(theirs.unlock, passphrase, True)
+            if found is None:
+                if source.given is not None:
+                    raise IncorrectPassphrase(
+                        f"the passphrase from {source.origin} is incorrect") from None
+                source.say("Incorrect passphrase.")
+                return "encrypted; another cluster set a different passphrase meanwhile"
+            key = found
+        self.key = key
+        self.keys[key.key_id] = key
+        return None
+
+    # -- push ------------------------------------------------------------------------
+
+    def _sealing_key(self) -> TargetKey:
+        if self.key is None:
+            raise FusesyncError("internal: an encrypted file reached push without a key")
+        return self.key
+
+    async def upload(self, object_key: str, source: Path, row: Row, attrs: Attrs,
+                     conditions: Mapping[str, Any], progress: Callable[[int], None]) -> str:
+        """Seal the local file `source` (as the scan saw it: size and MD5 are checked) and
+        write it to `object_key`; returns the new etag. The s3fs attribute headers stay
+        in plaintext."""
+        key = self._sealing_key()
+        size, md5 = row["local_size"] or 0, row["local_md5"]
+        metadata = {ENC_META: FORMAT, KEY_META: key.key_id.hex(), TAG_META: key.content_tag(md5)}
+        if sealed_size(size) <= SMALL:
+            data, seen = await trio.to_thread.run_sync(_seal_small, source, key, row["path"])
+            _same_source(source, (size, md5), seen)
+            etag = await self.remote.put_bytes(object_key, data, attrs=attrs, metadata=metadata,
+                                               **conditions)
+            progress(size)
+            return etag
+        with tempfile.TemporaryFile(dir=self.spool) as spool:
+            seen = await trio.to_thread.run_sync(_seal_file, source, spool, key, row["path"])
+            _same_source(source, (size, md5), seen)
+            return await self.remote.upload_file(
+                object_key, f"/proc/self/fd/{spool.fileno()}", size=sealed_size(size), md5=None,
+                attrs=attrs, metadata=metadata, progress=progress, **conditions,
+            )
+
+    def holds(self, head: Head, row: Row) -> bool:
+        """Whether the object behind a refused write is this very content, sealed."""
+        tag = head.metadata.get(TAG_META)
+        return (head.metadata.get(ENC_META) == FORMAT and tag is not None
+                and tag == self._sealing_key().content_tag(row["local_md5"]))
+
+    def row_fields(self, row: Row) -> dict[str, Any]:
+        """The remote columns that differ from a plain upload's."""
+        return {"remote_md5": self._sealing_key().content_tag(row["local_md5"]),
+                "remote_enc": FORMAT}
+
+    def manifest_entry(self, entry: ManifestEntry, row: Row) -> ManifestEntry:
+        key = self._sealing_key()
+        return dataclasses.replace(entry, md5=key.content_tag(row["local_md5"]), enc=FORMAT,
+                                   key=key.key_id.hex())
+
+    # -- pull ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def opened(self, row: Row, progress: Callable[[int], None]
+                     ) -> AsyncIterator[Opened]:
+        """The object of `row`, fetched and ready to be opened into a file by
+        `Opened.fill` (from a worker thread). Raises RemoteChanged when it is no longer
+        the listed version."""
+        if not self.keys:
+            raise IntegrityError(f"'{row['path']}' is encrypted; this run holds no key for it")
+        object_key = self.target.prefix + row["path"]
+        if sealed_size(row["remote_size"] or 0) <= SMALL:
+            got = await self.remote.get_bytes(object_key, if_match=row["remote_etag"])
+            if got is None:
+                raise RemoteChanged(f"'{row['path']}' is no longer on the remote")
+            progress(len(got[0]))
+            yield Opened(io.BytesIO(got[0]), len(got[0]), row, self.keys)
+            return
+        with tempfile.TemporaryFile(dir=self.spool) as spool:
+            await self.remote.download_file(object_key, spool, if_match=row["remote_etag"],
+                                            progress=progress)
+            size = spool.seek(0, os.SEEK_END)
+            spool.seek(0)
+            yield Opened(spool, size, row, self.keys)
+
+
+    async def open_into(self, row: Row, write_at: Callable[[int, bytes], None]) -> str:
+        """For the mount's fetch: the object's verified plaintext, chunk by chunk, to
+        `write_at(offset, data)` (called from a worker thread); returns its MD5. Raises
+        an EACCES error when the mount has no passphrase that opens the target's key."""
+        if not await self.unlock():
+            raise NoKey(f"'{row['path']}' is encrypted and the mount cannot decrypt it: "
+                        f"{self.refused}")
+        offset = 0
+
+        def write(data: bytes) -> None:
+            nonlocal offset
+            write_at(offset, data)
+            offset += len(data)
+
+        async with self.opened(row, lambda _n: None) as body:
+            await trio.to_thread.run_sync(body.pour, write)
+        return body.md5
+
+
+class Opened:
+    """A fetched encrypted object, to be opened into a file by `fill`."""
+
+    def __init__(self, body: BinaryIO, size: int, row: Row,
+                 keys: Mapping[bytes, TargetKey]) -> None:
+        self.body = body
+        self.size = size
+        self.row = row
+        self.keys = keys
+        self.md5 = ""
+
+    def fill(self, out: BinaryIO) -> None:
+        """Write the verified plaintext into `out`; raise IntegrityError (having written
+        part of it, so `out` must be a temporary file) when any of it fails. Blocks."""
+        self.pour(out.write)
+
+    def pour(self, write: Callable[[bytes], object]) -> None:
+        """`fill`, one verified chunk at a time to `write`. Blocks."""
+        path = self.row["path"]
+        key = self.keys.get(header_key_id(self.body.read(HEADER_SIZE), path))
+        self.body.seek(0)
+        _size, md5 = decrypt_stream(self.body, self.size, write, self.keys, path)
+        expected = self.row["remote_md5"]
+        if key is not None and expected and expected.startswith(keyring.TAG_PREFIX) \
+                and key.content_tag(md5) != expected:
+            raise IntegrityError(f"'{path}' decrypted, but not to the content its tag names "
+                                 "(an older object put back?)")
+        self.md5 = md5
+
+
+def _without(actions: list[Action], sealed: Sequence[Action], reason: str | None,
+             report: Report) -> list[Action]:
+    if reason is None:
+        return actions
+    skip = {id(a) for a in sealed}
+    report.skipped.extend((a.path, reason) for a in sealed)
+    return [a for a in actions if id(a) not in skip]
+
+
+def _seal_small(source: Path, key: TargetKey, relpath: str) -> tuple[bytes, tuple[int, str]]:
+    with open(source, "rb") as f:
+        out = io.BytesIO()
+        seen = encrypt_stream(f, out.write, key, relpath)
+    return out.getvalue(), seen
+
+
+def _seal_file(source: Path, spool: BinaryIO, key: TargetKey, relpath: str
+               ) -> tuple[int, str]:
+    with open(source, "rb") as f:
+        seen = encrypt_stream(f, spool.write, key, relpath)
+    spool.flush()
+    return seen
+
+
+def _same_source(source: Path, expected: tuple[int, str | None], seen: tuple[int, str]) -> None:
+    if expected != seen:
+        raise SourceChanged(f"'{source}' changed since it was hashed")
+
