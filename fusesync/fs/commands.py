@@ -12,10 +12,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
+from fusesync.crypt.cli import passphrase_option
+from fusesync.crypt.passphrase import PassphraseSource, given_passphrase
 from fusesync.errors import FusesyncError, UsageError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -47,9 +50,10 @@ class Size(click.ParamType):  # type: ignore[type-arg]
 @click.option("--allow-other", is_flag=True,
               help="Let other users use the mount (permissions are still checked by the "
                    "kernel: the mount always has default_permissions).")
+@passphrase_option
 @click.pass_context
 def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | None,
-          allow_other: bool) -> None:
+          allow_other: bool, passphrase_file: Path | None) -> None:
     """Mount target NAME (default: 'default') over its own directory.
 
     The directory shows its local files plus every remote-only file at once, with real
@@ -57,13 +61,20 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
     made to the directory itself and journaled, so 'fusesync push' uploads only what
     changed. While mounted, push, pull and status are run by the mount. Logs go to
     $XDG_STATE_HOME/fusesync/NAME/mount.log. Undo with 'fusesync unmount NAME'.
+
+    Encrypted files are decrypted on fetch and encrypted on push only when the mount is
+    given the passphrase ($FUSESYNC_PASSPHRASE or --passphrase-file; it never asks):
+    without it, opening a remote-only encrypted file fails with EACCES. Their names stay
+    visible on the remote.
     """
     from fusesync.cli import load_config
     from fusesync.fs import daemon
 
     config = load_config(ctx)
     target = config.target(name)
-    options = daemon.MountOptions(foreground, allow_other, cache_limit)
+    given, origin = given_passphrase(passphrase_file)
+    passphrase = PassphraseSource(given, origin) if given is not None else None
+    options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase)
     mounted = f"'{target.name}' mounted at '{target.path}'"
 
     def start(say: Callable[[str], None], ready: Callable[[], None]) -> None:

@@ -15,13 +15,14 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
 import trio
 
 from fusesync.config import Config, Target
+from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.errors import BusyError, FusesyncError
 from fusesync.fs import control, mountsync
 from fusesync.fs.adapter import Adapter
@@ -35,6 +36,7 @@ from fusesync.remote.s3 import S3Remote
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import scan_tree
+from fusesync.sync.sealed import Sealing
 
 log = logging.getLogger("fusesync.mount")
 
@@ -47,6 +49,7 @@ class MountOptions:
     foreground: bool = False
     allow_other: bool = False
     cache_limit: int | None = None  # bytes of clean fetched files to keep; None: no limit
+    passphrase: PassphraseSource | None = field(default=None, repr=False)  # for encrypted files
 
     def fuse_options(self) -> set[str]:
         options = {"fsname=fusesync", "subtype=fusesync", "nosuid", "nodev",
@@ -136,9 +139,14 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                  index: Index, remote: S3Remote, exclude: PathMatcher,
                  ready: Callable[[], None]) -> None:
     journal = Journal(index)
+    sealing = Sealing(target, remote, options.passphrase)
+    if target.encrypt or options.passphrase is not None:
+        log.info("encrypted files: %s", f"decrypted with the passphrase from "
+                 f"{options.passphrase.origin}" if options.passphrase else "no passphrase given; "
+                 "remote-only ones cannot be opened and changed ones are not pushed")
     try:
         async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(remote, target.prefix, journal, nursery)
+            fetcher = Fetcher(remote, target.prefix, journal, nursery, sealing)
             overlay = Overlay(root_fd, journal, fetcher, exclude)
             try:
                 pyfuse3.init(Adapter(overlay), str(target.path), options.fuse_options())
@@ -146,7 +154,7 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                 raise FusesyncError(f"cannot mount '{target.path}': {exc}") from None
             try:
                 service = mountsync.MountService(
-                    target, index, remote, overlay, journal, invalidate
+                    target, index, remote, overlay, journal, invalidate, sealing
                 )
 
                 async def services() -> None:

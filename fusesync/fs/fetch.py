@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
 import secrets
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,6 +31,9 @@ from fusesync.remote.base import Remote
 from fusesync.sync.localfs import TMP_MARK, local_ids
 from fusesync.sync.model import SPECIAL_BITS
 from fusesync.sync.pull import remote_mtime_ns, remote_owner
+
+if TYPE_CHECKING:
+    from fusesync.sync.sealed import Sealing
 
 log = logging.getLogger("fusesync.mount")
 
@@ -136,9 +141,12 @@ class Fetcher:
     """Starts and tracks the downloads of remote-only files into the tree."""
 
     def __init__(
-        self, remote: Remote, prefix: str, journal: Journal, nursery: trio.Nursery
+        self, remote: Remote, prefix: str, journal: Journal, nursery: trio.Nursery,
+        sealing: Sealing | None = None,
     ) -> None:
+        """`sealing`: decrypts encrypted objects (sync/sealed.py); None: they are refused."""
         self.remote = remote
+        self.sealing = sealing
         self.prefix = prefix
         self.journal = journal
         self.nursery = nursery
@@ -150,6 +158,12 @@ class Fetcher:
         running = self.active.get(node)
         if running is not None:
             return running
+        if row["remote_enc"] and (self.sealing is None or not self.sealing.can_try):
+            why = self.sealing.refused if self.sealing and self.sealing.refused else (
+                "the mount has no passphrase (mount with FUSESYNC_PASSPHRASE or "
+                "--passphrase-file)")
+            log.warning("cannot open '%s': it is encrypted and %s", row["path"], why)
+            raise FetchFailed(f"'{row['path']}' is encrypted: {why}", errno.EACCES)
         tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
@@ -161,10 +175,13 @@ class Fetcher:
     async def _run(self, node: Node, fetch: Fetch, row: Row, name: str) -> None:
         placed = False
         try:
-            await self.remote.download_file(
-                self.prefix + row["path"], _RangeWriter(fetch), if_match=row["remote_etag"],
-                progress=fetch.wake,
-            )
+            if row["remote_enc"] and self.sealing is not None:  # decrypted chunk by chunk
+                await self.sealing.open_into(row, functools.partial(_arrive, fetch))
+            else:
+                await self.remote.download_file(
+                    self.prefix + row["path"], _RangeWriter(fetch), if_match=row["remote_etag"],
+                    progress=fetch.wake,
+                )
             fetch.arrived(0, fetch.size)
             fetch.wake()
             md5 = await trio.to_thread.run_sync(_seal, fetch, row)
@@ -175,6 +192,8 @@ class Fetcher:
                 self.on_fetched(fetch.size)
         except Exception as exc:  # whatever it is, this file fails; the mount goes on
             code = errno.ESTALE if isinstance(exc, RemoteChanged | RemoteNotFound) else errno.EIO
+            if isinstance(exc, FusesyncError) and exc.errno == errno.EACCES:
+                code = errno.EACCES  # encrypted, and no passphrase that opens it
             if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
                 message = "a local file appeared at its path meanwhile"
             else:
@@ -196,6 +215,16 @@ class Fetcher:
             fetch.wake()
 
 
+def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:
+    """Decrypted bytes at `offset` of the temporary file; reads waiting for them go on.
+    Runs in a worker thread started by trio."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fetch.fd, data[done:], offset + done)
+    fetch.arrived(offset, offset + len(data))
+    trio.from_thread.run_sync(fetch.wake)
+
+
 def _seal(fetch: Fetch, row: Row) -> str:
     """Verify the download, give it the remote's attributes, fsync it. Blocks."""
     digest = hashlib.md5()
@@ -206,8 +235,8 @@ def _seal(fetch: Fetch, row: Row) -> str:
     md5 = digest.hexdigest()
     if offset != fetch.size:
         raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
-    if row["remote_md5"] and md5 != row["remote_md5"]:
-        raise FetchFailed("downloaded data does not match its MD5")
+    if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"]:
+        raise FetchFailed("downloaded data does not match its MD5")  # (decrypting checked)
     if os.geteuid() == 0:
         uid, gid = local_ids(remote_owner(row))
         if uid is not None or gid is not None:

@@ -36,6 +36,7 @@ from fusesync.sync.push import Pusher
 from fusesync.sync.remote_scan import scan_remote
 from fusesync.sync.report import NoProgress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, md5_file, md5_text
+from fusesync.sync.sealed import Sealing
 
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
 
@@ -44,8 +45,11 @@ class MountService:
     """The daemon's push, pull and status; one at a time."""
 
     def __init__(self, target: Target, index: Index, remote: Remote, overlay: Overlay,
-                 journal: Journal, invalidate: Invalidate) -> None:
+                 journal: Journal, invalidate: Invalidate, sealing: Sealing | None = None
+                 ) -> None:
+        """`sealing`: the daemon's encryption (its passphrase, if it was given one)."""
         self.target = target
+        self.sealing = sealing or Sealing(target, remote, None)
         self.index = index
         self.remote = remote
         self.overlay = overlay
@@ -120,9 +124,10 @@ class MountService:
             return report.done()
         if actions:
             await prepare_remote(self.index, self.remote, self.target)
+            actions = await self.sealing.admit_push(actions, report)  # no key: left dirty
             self.index.set_meta("push_running", "1")
             target = dataclasses.replace(self.target, path=self.tree_path)
-            pusher = Pusher(target, self.index, self.remote, report, NoProgress())
+            pusher = Pusher(target, self.index, self.remote, report, NoProgress(), self.sealing)
             await pusher.run(actions, DEFAULT_CONCURRENCY)
             self.index.set_meta("push_running", "")
         for path in paths:
@@ -183,7 +188,9 @@ class MountService:
                     self.journal.evicted(action.path)  # stale and clean: remote-only again
                 else:
                     report.skipped.append((action.path, "changed locally; kept"))
-            puller = Puller(self.target, self.index, self.remote, tree, report, NoProgress())
+            delegated = await self.sealing.admit_pull(delegated, report)
+            puller = Puller(self.target, self.index, self.remote, tree, report, NoProgress(),
+                            self.sealing)
             await puller.run(delegated, DEFAULT_CONCURRENCY)
         self.index.prune()
         self.overlay.dirs.clear()
