@@ -7,9 +7,11 @@ import gzip
 import json
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from syncenv import Cluster, keys
 
 from fusesync.crypt.stream import CHUNK, FORMAT, HEADER_SIZE, TAG
@@ -254,3 +256,28 @@ def test_add_with_encrypt_patterns(one: Cluster, tmp_path: Path, s3) -> None:
 def _no_passphrase_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FUSESYNC_PASSPHRASE", raising=False)
     monkeypatch.delenv("FUSESYNC_NEW_PASSPHRASE", raising=False)
+
+
+def test_files_pushed_before_the_list_covered_them_are_encrypted_next_push(
+    one: Cluster, tmp_path: Path, s3
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cred.pem").write_text("was plain")
+    (data / "notes.txt").write_text("stays plain")
+    assert one.cli("add", "data", str(data)).exit_code == 0
+    one.push("data")
+    key = "sync/tester/data/cred.pem"
+    assert s3.get_object(Bucket=one.bucket, Key=key)["Body"].read() == b"was plain"
+    config = one.root / "config" / "fusesync" / "config.toml"
+    settings = tomllib.loads(config.read_text())
+    settings["targets"]["data"]["encrypt"] = ["*.pem"]
+    config.write_text(tomli_w.dumps(settings))
+    assert one.push("data", status=3).output.count("skipped: cred.pem: encrypted") == 1
+    with_passphrase(one)
+    assert one.push("data").output.splitlines()[-1].startswith("   1 uploaded")
+    got = s3.get_object(Bucket=one.bucket, Key=key)
+    assert got["Metadata"]["fusesync-enc"] == FORMAT and b"was plain" not in got["Body"].read()
+    assert one.push("data").output.splitlines()[-1].startswith("   0 uploaded")
+    plain = s3.get_object(Bucket=one.bucket, Key="sync/tester/data/notes.txt")
+    assert "fusesync-enc" not in plain["Metadata"]

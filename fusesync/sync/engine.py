@@ -139,6 +139,8 @@ class Engine:
         scan = await self.scan_local()
         report.skipped.extend(scan.skipped)
         actions = self.plan_push(remote_listed=False)
+        actions += [a for a in self.sealing.unsealed(self.index, actions)
+                    if a.row is not None and not excluded(self.exclude, a.row)]
         guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
@@ -156,6 +158,7 @@ class Engine:
             await pusher.run(actions, self.concurrency)
             self.progress.finish()
             self.index.set_meta("push_running", "")
+        self.sealing.checked(self.index, report)
         self.index.prune()
         return report.done()
 

@@ -39,7 +39,7 @@ from fusesync.crypt.stream import (
     sealed_size,
 )
 from fusesync.errors import FusesyncError, IntegrityError, RemoteChanged, SourceChanged
-from fusesync.index import Row
+from fusesync.index import Index, Row
 from fusesync.remote.base import Attrs, Head, Remote
 from fusesync.sync.manifest import ManifestEntry
 from fusesync.sync.matcher import PathMatcher
@@ -50,6 +50,8 @@ from fusesync.sync.report import Report
 SMALL = 8 << 20
 """Objects up to this size are sealed or opened in memory, in one request."""
 TRIES = 3
+
+_CHECKED_META = "encrypt_checked"  # index meta: the encrypt list of the last full look
 
 PUSH_QUESTION = "Encryption passphrase (CTRL+C to skip)"
 PULL_QUESTION = "Decryption passphrase (CTRL+C to skip)"
@@ -83,6 +85,8 @@ class Sealing:
         self.key: TargetKey | None = None  # the key new objects are sealed with
         self.keys: dict[bytes, TargetKey] = {}  # the keys objects are opened with
         self.refused: str | None = None  # why no key can be had (said once)
+        self._patterns = "\n".join(target.encrypt)
+        self._unsealed: list[Action] = []
         self._lock = trio.Lock()
 
     # -- which rows ------------------------------------------------------------------
@@ -96,6 +100,34 @@ class Sealing:
         """Whether a key may yet be had without asking anyone (the mount's question)."""
         return bool(self.keys) or (self.refused is None and self.source is not None
                                    and self.source.given is not None)
+
+    # -- files pushed in plaintext before the encrypt list covered them --------------
+
+    def unsealed(self, index: Index, planned: list[Action]) -> list[Action]:
+        """Uploads of covered files whose remote object is still plaintext (pushed before
+        the encrypt list covered them, or by a fusesync without encryption), so that push
+        replaces it sealed. Every row is read, so this looks only when the list changed
+        since the last look that left nothing behind (see `checked`)."""
+        if index.meta(_CHECKED_META) == self._patterns or not self.matcher:
+            return []
+        planned_paths = {a.path for a in planned}
+        rows = index.rows("local_kind = 'file' AND base_kind = 'file' AND remote_kind = 'file'"
+                          " AND remote_enc IS NULL AND base_etag IS NOT NULL")
+        self._unsealed = [
+            Action(Op.UPLOAD, row["path"], Kind.FILE, row["local_size"] or 0,
+                   reason="encrypted now", row=row)
+            for row in rows if row["path"] not in planned_paths and self.covers(row)
+        ]
+        return self._unsealed
+
+    def checked(self, index: Index, report: Report) -> None:
+        """After a push: remember the list was looked at, unless some of what the look
+        found was left behind (skipped or in conflict), so the next push looks again."""
+        if index.meta(_CHECKED_META) == self._patterns:
+            return
+        left = {path for path, _ in (*report.skipped, *report.conflicts)}
+        if not any(a.path in left for a in self._unsealed) and not report.dry_run:
+            index.set_meta(_CHECKED_META, self._patterns)
 
     # -- admitting a run's actions -------------------------------------------------------
 
