@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# python3: the Debian package's interpreter; tcsh, man-db: its login hook and man page tests.
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 tcsh man-db
+# python3, patchelf: the Debian package's interpreter, and its libraries' search paths;
+# tcsh, man-db: the tests of its csh login hook and man pages.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 patchelf tcsh man-db
 DEB_DIR ?= dist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

