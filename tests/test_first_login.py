@@ -80,8 +80,9 @@ def user() -> Iterator[LoginUser]:
                                  check=True).stdout)
         login_user = LoginUser(name, uid, home, base / "site.toml")
         yield login_user
-        _end_processes(login_user)
     finally:
+        with contextlib.suppress(NameError):  # useradd itself failed: nothing ran as it
+            _end_processes(login_user)
         # --force: a zombie of the user's, not yet reaped by PID 1, must not keep it.
         subprocess.run(["userdel", "--force", name], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -106,31 +107,38 @@ def login(user: LoginUser, package: Package, server, shell: str) -> tuple[str, f
     """What a login shell does with the hook: source it, then go on. Returns the shell's
     output and how long the login took; fails unless the shell exited 0."""
     hook = package.root / HOOKS[shell]
+    started = time.monotonic()
+    output = as_user(user, package, server, shell, "-c", f"{SOURCE[shell]} {hook}; echo login-ok")
+    return output, time.monotonic() - started
+
+
+def as_user(user: LoginUser, package: Package, server, *command: str) -> str:
+    """Run `command` as the user, in the bare environment of a login; its output, or fail."""
     env = {
         "HOME": str(user.home), "USER": user.name, "LOGNAME": user.name, "LANG": "C.UTF-8",
         "PATH": f"{package.root}/usr/bin:/usr/bin:/bin", "FUSESYNC_SITE_CONFIG": str(user.site),
         **server.env(),
     }
-    started = time.monotonic()
     done = subprocess.run(
         ["runuser", "-u", user.name, "--", "env", "-i",
-         *(f"{key}={value}" for key, value in env.items()),
-         shell, "-c", f"{SOURCE[shell]} {hook}; echo login-ok"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+         *(f"{key}={value}" for key, value in env.items()), *command],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
-    seconds = time.monotonic() - started
-    assert done.returncode == 0, done.stderr
-    return done.stdout + done.stderr, seconds
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def wait_for_log(user: LoginUser, line: str) -> str:
+    """The first-login log once the job has written its last line, which must be `line`."""
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
         text = user.log.read_text() if user.log.exists() else ""
-        if line in text:
+        last = text.splitlines()[-1] if text else ""
+        if last.startswith(("fusesync first login: done", "fusesync first login: failed")):
+            assert last.startswith(line), text
             return text
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {line!r} in the first-login log:\n{text}")
+            raise AssertionError(f"the first login's job did not finish:\n{text}")
         time.sleep(0.1)
 
 
