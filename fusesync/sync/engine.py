@@ -24,12 +24,20 @@ from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
-from fusesync.sync.plan import MAYBE_LOCAL_CHANGE, Action, Op, plan_pull, plan_push
+from fusesync.sync.plan import (
+    MAYBE_LOCAL_CHANGE,
+    Action,
+    Op,
+    Side,
+    plan_pull,
+    plan_push,
+    remote_side,
+)
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
 from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
-from fusesync.sync.scan import ScanResult, scan_tree
+from fusesync.sync.scan import ScanResult, scan_paths, scan_tree
 from fusesync.sync.sealed import Sealing
 
 DEFAULT_MAX_DELETE = 0.5
@@ -109,6 +117,23 @@ class Engine:
         record_remote(self.index, rows)
         return listing, scan
 
+    async def _detect_remote_first(self) -> tuple[RemoteScan, ScanResult]:
+        """Pull's detect: list the remote, then look at only the local paths whose remote
+        side moved from the base. Pull acts on no other path (DESIGN.md's table), so a
+        pull with nothing new costs one listing, whatever the size of the tree."""
+        rows, listing = await list_remote(self.remote, self.target, self.exclude)
+        record_remote(self.index, rows)
+        moved = [
+            row["path"] for row in self.index.rows()
+            if remote_side(row) not in (Side.SAME, Side.ABSENT)
+            and not excluded(self.exclude, row)
+        ]
+        with self.open_tree() as tree:
+            scan = await trio.to_thread.run_sync(
+                scan_paths, tree.fd, self.index, moved, self.exclude
+            )
+        return listing, scan
+
     # -- plan ------------------------------------------------------------------------
 
     def plan_push(self, remote_listed: bool) -> list[Action]:
@@ -164,7 +189,10 @@ class Engine:
 
     async def pull(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
         report = Report("pull", dry_run=dry_run)
-        listing, scan = await self._detect_both()
+        if self.index.meta("pull_running"):  # the last pull was cut short: look everywhere
+            listing, scan = await self._detect_both()
+        else:
+            listing, scan = await self._detect_remote_first()
         report.skipped.extend(listing.skipped)
         report.skipped.extend(scan.skipped)
         synced = self.index.count("base_kind IS NOT NULL")
@@ -183,12 +211,14 @@ class Engine:
             sum(1 for a in actions if a.op == Op.FETCH and a.kind != Kind.DIR),
             sum(a.size for a in actions if a.op in (Op.FETCH, Op.CONFLICT)),
         )
+        self.index.set_meta("pull_running", "1")
         with self.open_tree() as tree:
             for leftover in scan.leftovers:
                 await trio.to_thread.run_sync(tree.remove_leftover, leftover)
             puller = Puller(self.target, self.index, self.remote, tree, report, self.progress,
                             self.sealing)
             await puller.run(actions, self.concurrency)
+        self.index.set_meta("pull_running", "")
         self.progress.finish()
         self.index.prune()
         return report.done()

@@ -1,14 +1,16 @@
 """Detect, local side: walk the target's tree and record what is there in the index.
 
 One stat per path; a file is hashed only when its (size, mtime, ctime, inode, mode) moved
-since the last scan. Blocking: run it in a worker thread. It never changes the tree.
+since the last scan. `scan_tree` walks everything (push, status); `scan_paths` looks only
+at the paths it is given (pull: the paths the remote changed). Blocking: run them in a
+worker thread. They never change the tree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ LOCAL_COLUMNS = (
     "local_target",
 )
 _ABSENT = (None,) * len(LOCAL_COLUMNS)
+KEEP: tuple[Any, ...] = ("keep",)
+"""`_observe`'s answer for a path whose row must stay as it is."""
 _BATCH = 2000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -140,47 +144,15 @@ def scan_tree(
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # vanished while we looked: absent
-            kind = kind_of(st.st_mode)
-            if kind is None:
-                if not exclude.matches(relpath):
-                    result.skipped.append((relpath, "special file (fifo, socket or device)"))
-                continue
-            if exclude.matches(relpath, kind == Kind.DIR):
+            row = known.get(name)
+            values = _observe(dir_fd, name, relpath, st, row, exclude, result)
+            if values is None:
                 continue
             seen.add(name)
-            result.paths += 1
-            row = known.get(name)
-            md5: str | None = None
-            target: str | None = None
-            if kind == Kind.FILE:
-                if row is not None and _stat_unchanged(row, st):
-                    md5 = row["local_md5"]
-                else:
-                    try:
-                        md5 = md5_file(name, dir_fd=dir_fd)
-                    except OSError as exc:
-                        result.skipped.append((relpath, f"unreadable: {exc.strerror}"))
-                        seen.discard(name)
-                        continue
-                    result.hashed += 1
-                    result.hashed_bytes += st.st_size
-            elif kind == Kind.SYMLINK:
-                target = os.readlink(name, dir_fd=dir_fd)
-                md5 = md5_text(target)
-            else:
+            if values is KEEP:
+                continue
+            if values[0] == Kind.DIR:
                 stack.append(relpath)
-            values = (
-                kind.value,
-                st.st_size if kind != Kind.DIR else 0,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                st.st_ino,
-                st.st_mode,
-                st.st_uid,
-                st.st_gid,
-                md5,
-                target,
-            )
             if not _same_local(row, values):
                 pending.append((relpath, *values))
         os.close(dir_fd)
@@ -194,6 +166,100 @@ def scan_tree(
         if on_progress:
             on_progress(result.paths)
     flush()
+    return result
+
+
+def _observe(
+    dir_fd: int,
+    name: str,
+    relpath: str,
+    st: os.stat_result,
+    row: Row | None,
+    exclude: PathMatcher,
+    result: ScanResult,
+) -> tuple[Any, ...] | None:
+    """The local columns for one path as `st` shows it (hashing a file whose stat moved
+    since `row` was scanned); None when the path is not one the index records here
+    (excluded, or a special file), KEEP when it cannot be read now: its row stays as the
+    last scan saw it, so an unreadable file is never taken for a deleted one."""
+    kind = kind_of(st.st_mode)
+    if kind is None:
+        if not exclude.matches(relpath):
+            result.skipped.append((relpath, "special file (fifo, socket or device)"))
+        return None
+    if exclude.matches(relpath, kind == Kind.DIR):
+        return None
+    result.paths += 1
+    md5: str | None = None
+    target: str | None = None
+    if kind == Kind.FILE:
+        if row is not None and _stat_unchanged(row, st):
+            md5 = row["local_md5"]
+        else:
+            try:
+                md5 = md5_file(name, dir_fd=dir_fd)
+            except OSError as exc:
+                result.skipped.append((relpath, f"unreadable: {exc.strerror}"))
+                return KEEP
+            result.hashed += 1
+            result.hashed_bytes += st.st_size
+    elif kind == Kind.SYMLINK:
+        target = os.readlink(name, dir_fd=dir_fd)
+        md5 = md5_text(target)
+    return (
+        kind.value,
+        st.st_size if kind != Kind.DIR else 0,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        md5,
+        target,
+    )
+
+
+def scan_paths(
+    root_fd: int, index: Index, paths: Iterable[str], exclude: PathMatcher
+) -> ScanResult:
+    """Record the current local state of just `paths` (relative, none excluded, in any
+    order) in `index`, as `scan_tree` would have recorded it. A path below a symlink, a
+    file or a missing directory is absent, as the walk would not reach it."""
+    result = ScanResult()
+    parents: dict[str, int | None] = {}
+    pending: list[tuple[Any, ...]] = []
+    try:
+        for relpath in paths:
+            parent, _, name = relpath.rpartition("/")
+            if parent not in parents:
+                try:
+                    parents[parent] = open_dir(root_fd, parent)
+                except OSError:  # missing, a symlink or a file: the walk would not get here
+                    parents[parent] = None
+            dir_fd = parents[parent]
+            row = index.get(relpath)
+            values: tuple[Any, ...] | None = None
+            if dir_fd is not None:
+                try:
+                    st = os.lstat(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if TMP_MARK not in name:
+                        values = _observe(dir_fd, name, relpath, st, row, exclude, result)
+            if values is KEEP:
+                continue
+            if values is None:
+                values = _ABSENT
+            if not _same_local(row, values):
+                pending.append((relpath, *values))
+    finally:
+        for fd in parents.values():
+            if fd is not None:
+                os.close(fd)
+    with index.transaction():
+        index.upsert_many(LOCAL_COLUMNS, pending)
     return result
 
 

@@ -1,0 +1,113 @@
+"""Small files landed in batches (`Tree.land`) and the batcher that feeds it: each file
+lands whole or not at all, one file's trouble never stops the others, nothing is written
+through a symlink, and no temporary file outlives its batch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from fusesync.sync.batches import Batcher
+from fusesync.sync.localfs import TMP_MARK, Landing, LocalChanged, Tree, UnsafePath, version
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if TMP_MARK in p.name]
+
+
+def test_a_batch_lands_every_file_with_its_attributes(tmp_path: Path) -> None:
+    batch = [
+        Landing(f"d{i % 3}/sub/f{i}", f"body {i}".encode(), 0o640, 1_600_000_000_000_000_000 + i,
+                None, expect=None)
+        for i in range(30)
+    ]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+    for i, item in enumerate(batch):
+        path = tmp_path / f"d{i % 3}" / "sub" / f"f{i}"
+        assert isinstance(item.result, os.stat_result)
+        assert path.read_bytes() == f"body {i}".encode()
+        st = path.stat()
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000 + i)
+        assert item.result.st_ino == st.st_ino
+    assert not leftovers(tmp_path)
+
+
+def test_one_file_changed_locally_is_kept_and_the_rest_land(tmp_path: Path) -> None:
+    (tmp_path / "mine").write_text("edited here after the scan")
+    scanned = version((tmp_path / "mine").stat())
+    (tmp_path / "mine").write_text("edited again: the pull must not overwrite this")
+    (tmp_path / "new-here").write_text("appeared during the pull")
+    batch = [
+        Landing("a", b"remote a", 0o644, None, None, expect=None),
+        Landing("mine", b"remote mine", 0o644, None, None, expect=scanned),
+        Landing("new-here", b"remote new", 0o644, None, None, expect=None),
+        Landing("b", b"remote b", 0o4755, None, None, expect=None),
+    ]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+    assert isinstance(batch[1].result, LocalChanged)
+    assert isinstance(batch[2].result, LocalChanged)
+    assert (tmp_path / "mine").read_text() == "edited again: the pull must not overwrite this"
+    assert (tmp_path / "new-here").read_text() == "appeared during the pull"
+    assert (tmp_path / "a").read_bytes() == b"remote a"
+    assert (tmp_path / "b").stat().st_mode & 0o7777 == 0o755  # setuid dropped
+    assert not leftovers(tmp_path)
+
+
+def test_nothing_is_written_through_a_planted_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "outputs").symlink_to(outside)
+    batch = [
+        Landing("outputs/x", b"must not escape", 0o644, None, None, expect=None),
+        Landing("fine", b"ok", 0o644, None, None, expect=None),
+    ]
+    with Tree(root) as tree:
+        tree.land(batch)
+    assert isinstance(batch[0].result, UnsafePath)
+    assert list(outside.iterdir()) == []
+    assert (root / "fine").read_bytes() == b"ok"
+    assert not leftovers(root)
+
+
+def test_a_conflict_copy_lands_beside_the_local_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("local")
+    batch = [Landing("notes.txt", b"remote", 0o600, None, None, expect=None,
+                     final_name="notes.conflict-host-20260101-000000.txt")]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+    assert (tmp_path / "notes.txt").read_text() == "local"
+    assert (tmp_path / "notes.conflict-host-20260101-000000.txt").read_bytes() == b"remote"
+
+
+async def test_batcher_groups_what_arrives_while_a_batch_is_handled() -> None:
+    sizes: list[int] = []
+    handled: list[int] = []
+
+    def handle(batch: Sequence[int]) -> None:
+        sizes.append(len(batch))
+        handled.extend(batch)
+
+    async with Batcher.running(handle, limit=16) as batcher, trio.open_nursery() as nursery:
+        for i in range(100):
+            nursery.start_soon(batcher.submit, i)
+    assert sorted(handled) == list(range(100))
+    assert max(sizes) == 16 and len(sizes) < 100  # one hop per batch, not per item
+
+
+async def test_a_failing_batch_fails_its_submitters_and_the_block() -> None:
+    def handle(batch: Sequence[int]) -> None:
+        raise OSError(5, "disk on fire")
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with Batcher.running(handle, limit=4) as batcher, trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(batcher.submit, i)
+    assert caught.group_contains(OSError, match="disk on fire")
