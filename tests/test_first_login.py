@@ -151,6 +151,7 @@ def seed(tmp_path: Path, server, bucket: str, user: LoginUser) -> Cluster:
     (cluster.home / "bin").mkdir()
     (cluster.home / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
     (cluster.home / "bin" / "run.sh").chmod(0o750)
+    (cluster.home / ".profile").write_text("# the user's own, from an earlier cluster\n")
     cluster.push()
     return cluster
 
@@ -162,18 +163,23 @@ def test_first_login_pulls_and_the_second_does_nothing(
     server, bucket = fusesync_env.server, fusesync_env.bucket
     earlier = seed(tmp_path, server, bucket, user)
     write_site(user, bucket, server.endpoint_url)
+    skeleton = (user.home / ".profile").read_text()  # useradd copied /etc/skel
 
     output, seconds = login(user, package, server, shell)
     assert output == "login-ok\n"
     assert seconds < 1.0, f"the login took {seconds:.2f} s"
-    log = wait_for_log(user, "fusesync first login: done")
+    log = wait_for_log(user, "fusesync first login: done")  # exit status 3 is done too
     assert "fusesync first login: pull default" in log
+    # The skeleton's .profile and the user's remote one: the skeleton's stays in place,
+    # the user's lands beside it.
+    assert (user.home / ".profile").read_text() == skeleton
+    (conflict,) = user.home.glob(".profile*conflict*")
+    assert conflict.read_text() == "# the user's own, from an earlier cluster\n"
     notes = user.home / "projects" / "notes.txt"
     assert notes.read_text() == "written on an earlier cluster\n"
     script = (user.home / "bin" / "run.sh").stat()
     assert (script.st_uid, script.st_mode & 0o777) == (user.uid, 0o750)
     assert (user.state / "first-login").exists()
-    assert (user.home / ".profile").exists()  # the skeleton's files stay
 
     # The earlier cluster changes a file; a second login must not pull it, nor start anything.
     (earlier.home / "projects" / "notes.txt").write_text("changed later\n")
