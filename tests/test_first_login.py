@@ -236,3 +236,15 @@ def socket_nobody_answers() -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
         held.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_the_sh_and_csh_hooks_run_the_same_job(package: Package) -> None:
+    """Only the checks differ between the two shells; the background job is one sh text."""
+    jobs = set()
+    for hook in HOOKS.values():
+        text = (package.root / hook).read_text()
+        start = text.index("/bin/sh -c '") + len("/bin/sh -c '")
+        jobs.add(text[start:text.index("'", start)])
+    assert len(jobs) == 1
+    (job,) = jobs
+    assert 'fusesync "$1" default' in job and "fusesync pull default" in job
