@@ -125,3 +125,27 @@ def test_sql_prefilter_keeps_every_row_with_a_local_change(index: Index) -> None
     planned = {row["path"] for row in index.rows() if plan_push(row, remote_listed=False)}
     assert planned <= kept
     assert "same" not in kept and "remote-only" not in kept
+
+
+def test_sql_prefilter_keeps_every_row_the_remote_moved(index: Index) -> None:
+    """Pull reads only REMOTE_MOVED rows: it must hold every row pull would act on."""
+    from fusesync.sync.plan import REMOTE_MOVED, sql_functions
+
+    sql_functions(index.conn)
+    cases = {
+        "same": {**BASE, **LOCAL_SAME, **REMOTE_SAME},
+        "same-local-edit": {**BASE, **LOCAL_CHANGED, **REMOTE_SAME},
+        "changed": {**BASE, **LOCAL_SAME, **REMOTE_CHANGED},
+        "chmod": {**BASE, **LOCAL_SAME, **REMOTE_SAME, "remote_mode": 0o100600},
+        "deleted": {**BASE, **LOCAL_SAME},
+        "new": {**REMOTE_SAME},
+        "local-only": {**LOCAL_SAME},
+        "both-new": {**LOCAL_CHANGED, **REMOTE_SAME},
+    }
+    for path, cols in cases.items():
+        index.upsert(path, **cols)
+    kept = {row["path"] for row in index.rows(REMOTE_MOVED)}
+    planned = {row["path"] for row in index.rows() if plan_pull(row)}
+    assert planned <= kept
+    assert {"changed", "chmod", "deleted", "new", "both-new"} <= planned
+    assert not kept & {"same", "same-local-edit", "local-only"}

@@ -26,12 +26,14 @@ from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import (
     MAYBE_LOCAL_CHANGE,
+    REMOTE_MOVED,
     Action,
     Op,
     Side,
     plan_pull,
     plan_push,
     remote_side,
+    sql_functions,
 )
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
@@ -75,6 +77,7 @@ class Engine:
         self.concurrency = concurrency
         self.exclude = PathMatcher(target.exclude)
         self.root_fd = root_fd
+        sql_functions(index.conn)
         self.sealing = Sealing(target, remote, passphrase, spool=target.state_dir)
 
     # -- detect ----------------------------------------------------------------------
@@ -124,7 +127,7 @@ class Engine:
         rows, listing = await list_remote(self.remote, self.target, self.exclude)
         record_remote(self.index, rows)
         moved = [
-            row["path"] for row in self.index.rows()
+            row["path"] for row in self.index.rows(REMOTE_MOVED)
             if remote_side(row) not in (Side.SAME, Side.ABSENT)
             and not excluded(self.exclude, row)
         ]
@@ -148,7 +151,7 @@ class Engine:
 
     def plan_pull(self) -> list[Action]:
         actions = []
-        for row in self.index.rows():
+        for row in self.index.rows(REMOTE_MOVED):  # pull acts on no other row
             action = plan_pull(row)
             if action is not None and not excluded(self.exclude, row):
                 actions.append(action)

@@ -6,6 +6,7 @@ with the base B, and say what push or pull must do. Nothing here changes anythin
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -51,6 +52,21 @@ MAYBE_LOCAL_CHANGE = """
 """
 """SQL for the rows whose local side may differ from the base: every row `local_side`
 would call NEW, CHANGED or DELETED is among them, so a push need not look at the rest."""
+
+
+REMOTE_MOVED = """
+    (base_kind IS NOT NULL) != (remote_kind IS NOT NULL)
+    OR base_rsig IS NOT remote_sig(remote_kind, remote_etag, remote_mode, remote_uid,
+                                   remote_gid, remote_mtime, remote_target)
+"""
+"""SQL for the rows whose remote side may differ from the base: every row `remote_side`
+would call NEW, CHANGED or DELETED is among them, so a pull need not look at the rest.
+Needs `sql_functions` on the connection."""
+
+
+def sql_functions(conn: sqlite3.Connection) -> None:
+    """Make the functions the SQL above calls known to `conn`."""
+    conn.create_function("remote_sig", 7, remote_sig, deterministic=True)
 
 
 def local_side(row: Row) -> Side:
