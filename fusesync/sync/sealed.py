@@ -135,7 +135,7 @@ class Sealing:
         """The actions push may carry out: those sealing a file only if a key was had."""
         sealed = [a for a in actions
                   if a.op == Op.UPLOAD and a.row is not None and self.covers(a.row)]
-        if not sealed:
+        if not sealed or self._deferred():
             return actions
         async with self._lock:
             reason = await self._unlock_for_push(len(sealed))
@@ -147,12 +147,29 @@ class Sealing:
         sealed = [a for a in actions if a.op in (Op.FETCH, Op.CONFLICT) and a.row is not None
                   and a.row["remote_enc"] and a.row["remote_kind"] == Kind.FILE
                   and a.row["local_kind"] != Kind.DIR]
-        if not sealed:
+        if not sealed or (self._deferred() and all(a.op == Op.FETCH for a in sealed)):
             return actions
         async with self._lock:
             reason = await self._unlock_for_pull(len(sealed))
         actions = _without(actions, sealed, reason, report)
         return [self._same_content(a) if a.op == Op.CONFLICT else a for a in actions]
+
+    def _deferred(self) -> bool:
+        """Whether the key is left to the first transfer that needs it: with a passphrase
+        given (nobody to ask), scrypt's ~0.3 s then runs while plain files move."""
+        return not self.keys and self.source is not None and self.source.given is not None
+
+    async def _key_for(self, push: bool) -> None:
+        """Unlock now, if admission left it to the first transfer (see `_deferred`)."""
+        async with self._lock:
+            if push and self.key is None:
+                reason = await self._unlock_for_push(1)
+            elif not push and not self.keys:
+                reason = await self._unlock_for_pull(1)
+            else:
+                return
+        if reason is not None:
+            raise NoKey(reason)
 
     def _same_content(self, action: Action) -> Action:
         row = action.row
@@ -233,7 +250,7 @@ class Sealing:
             key = await trio.to_thread.run_sync(ring.unlock, source.given, current_only)
             if key is None:
                 raise IncorrectPassphrase(f"the passphrase from {source.origin} is incorrect "
-                                          "(nothing was changed by it)")
+                                          "(no encrypted file was touched)")
             return key
         assert source.ask is not None
         for _ in range(TRIES):
@@ -301,6 +318,7 @@ class Sealing:
         """Seal the local file `source` (as the scan saw it: size and MD5 are checked) and
         write it to `object_key`; returns the new etag. The s3fs attribute headers stay
         in plaintext."""
+        await self._key_for(push=True)
         key = self._sealing_key()
         size, md5 = row["local_size"] or 0, row["local_md5"]
         metadata = {ENC_META: FORMAT, KEY_META: key.key_id.hex(), TAG_META: key.content_tag(md5)}
@@ -342,15 +360,15 @@ class Sealing:
                      ) -> AsyncIterator[Opened]:
         """The object of `row`, fetched and ready to be opened into a file by
         `Opened.fill` (from a worker thread). Raises RemoteChanged when it is no longer
-        the listed version."""
-        if not self.keys:
-            raise IntegrityError(f"'{row['path']}' is encrypted; this run holds no key for it")
+        the listed version. The key is waited for only once the object is here, so a
+        deferred scrypt runs while it downloads."""
         object_key = self.target.prefix + row["path"]
         if sealed_size(row["remote_size"] or 0) <= SMALL:
             got = await self.remote.get_bytes(object_key, if_match=row["remote_etag"])
             if got is None:
                 raise RemoteChanged(f"'{row['path']}' is no longer on the remote")
             progress(len(got[0]))
+            await self._key_for(push=False)
             yield Opened(io.BytesIO(got[0]), len(got[0]), row, self.keys)
             return
         with tempfile.TemporaryFile(dir=self.spool) as spool:
@@ -358,6 +376,7 @@ class Sealing:
                                             progress=progress)
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
+            await self._key_for(push=False)
             yield Opened(spool, size, row, self.keys)
 
 
