@@ -51,13 +51,13 @@ sizes = st.one_of(
 @given(size=sizes, seed=st.integers(0, 2**32))
 def test_round_trip_bytes_and_stream(size: int, seed: int) -> None:
     plain = data_of(size, seed)
-    sealed = encrypt_bytes(plain, KEY, PATH)
+    sealed = encrypt_bytes(plain, KEY)
     assert len(sealed) == sealed_size(size)
     assert plain_size(len(sealed)) == size
     assert decrypt_bytes(sealed, RING, PATH) == plain
 
     out = io.BytesIO()
-    got_size, md5 = encrypt_stream(io.BytesIO(plain), out.write, KEY, PATH)
+    got_size, md5 = encrypt_stream(io.BytesIO(plain), out.write, KEY)
     assert (got_size, md5) == (size, hashlib.md5(plain).hexdigest())
     streamed = out.getvalue()
     assert len(streamed) == len(sealed) and streamed != sealed  # a fresh salt every time
@@ -71,14 +71,14 @@ def test_round_trip_bytes_and_stream(size: int, seed: int) -> None:
 @given(size=st.integers(1, 3 * CHUNK), seed=st.integers(0, 2**32))
 def test_ciphertext_holds_no_plaintext(size: int, seed: int) -> None:
     plain = b"BEGIN OPENSSH PRIVATE KEY" + data_of(size, seed)
-    sealed = encrypt_bytes(plain, KEY, PATH)
+    sealed = encrypt_bytes(plain, KEY)
     assert b"BEGIN OPENSSH" not in sealed
 
 
 @settings(max_examples=80, deadline=None)
 @given(size=sizes, seed=st.integers(0, 2**32), where=st.floats(0, 1), bit=st.integers(0, 7))
 def test_any_flipped_bit_fails(size: int, seed: int, where: float, bit: int) -> None:
-    sealed = bytearray(encrypt_bytes(data_of(size, seed), KEY, PATH))
+    sealed = bytearray(encrypt_bytes(data_of(size, seed), KEY))
     offset = min(int(where * len(sealed)), len(sealed) - 1)
     sealed[offset] ^= 1 << bit
     with pytest.raises(IntegrityError):
@@ -88,7 +88,7 @@ def test_any_flipped_bit_fails(size: int, seed: int, where: float, bit: int) -> 
 @settings(max_examples=60, deadline=None)
 @given(size=sizes, seed=st.integers(0, 2**32), cut=st.floats(0, 1))
 def test_any_truncation_fails(size: int, seed: int, cut: float) -> None:
-    sealed = encrypt_bytes(data_of(size, seed), KEY, PATH)
+    sealed = encrypt_bytes(data_of(size, seed), KEY)
     keep = min(int(cut * len(sealed)), len(sealed) - 1)
     with pytest.raises(IntegrityError):
         decrypt_bytes(sealed[:keep], RING, PATH)
@@ -104,7 +104,7 @@ def chunks_of(sealed: bytes) -> tuple[bytes, list[bytes]]:
 
 def test_whole_chunks_dropped_appended_or_swapped_fail() -> None:
     plain = data_of(3 * CHUNK + 100, 7)
-    header, parts = chunks_of(encrypt_bytes(plain, KEY, PATH))
+    header, parts = chunks_of(encrypt_bytes(plain, KEY))
     assert len(parts) == 4
     cases = {
         "last chunk dropped": header + b"".join(parts[:3]),
@@ -117,15 +117,15 @@ def test_whole_chunks_dropped_appended_or_swapped_fail() -> None:
             decrypt_bytes(sealed, RING, PATH)
             pytest.fail(what)
     # a second object's chunk (same key, same index) does not fit in this one
-    _h2, others = chunks_of(encrypt_bytes(plain, KEY, PATH))
+    _h2, others = chunks_of(encrypt_bytes(plain, KEY))
     with pytest.raises(IntegrityError, match="chunk 1 of 4"):
         decrypt_bytes(header + parts[0] + others[1] + parts[2] + parts[3], RING, PATH)
 
 
-def test_object_is_bound_to_its_path_and_key() -> None:
-    sealed = encrypt_bytes(b"secret", KEY, PATH)
-    with pytest.raises(IntegrityError, match="integrity check"):
-        decrypt_bytes(sealed, RING, ".ssh/authorized_keys")
+def test_object_is_bound_to_its_key_not_its_name() -> None:
+    sealed = encrypt_bytes(b"secret", KEY)
+    # renamed on the server (a mount's move, aws s3 mv): still readable where it went
+    assert decrypt_bytes(sealed, RING, ".ssh/renamed") == b"secret"
     with pytest.raises(IntegrityError, match="integrity check"):
         decrypt_bytes(sealed, {KEY.key_id: OTHER_SAME_ID}, PATH)
     with pytest.raises(WrongKey, match="another key"):
@@ -158,7 +158,7 @@ def test_keyring_round_trip_and_wrong_passphrase() -> None:
     assert opened.content_tag("d41d8cd98f00b204e9800998ecf8427e") == key.content_tag(
         "d41d8cd98f00b204e9800998ecf8427e")
     assert again.unlock(b"wrong horse") is None
-    sealed = encrypt_bytes(b"x", key, PATH)
+    sealed = encrypt_bytes(b"x", key)
     assert decrypt_bytes(sealed, {opened.key_id: opened}, PATH) == b"x"
 
 

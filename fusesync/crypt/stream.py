@@ -11,11 +11,13 @@ Version 1, integers big-endian:
     chunks               each 64 KiB of plaintext (the last one shorter) + a 16-byte GCM tag
 
 Chunk i's nonce is i in 11 bytes then 1 for the last chunk, else 0 (the STREAM construction
-age and Tink use); every chunk's associated data is the header and the object's relative
-path. A flipped byte, a chunk moved, dropped or appended, a cut at any offset, a changed
-header or an object copied to another path therefore fails to authenticate. An empty file
-is one empty last chunk. Nothing here hands out plaintext that has not been verified, and
-nothing here is a primitive of its own: AES-GCM and HKDF come from `cryptography`.
+age and Tink use); every chunk's associated data is the header. A flipped byte, a chunk
+moved, dropped or appended, a cut at any offset or a changed header therefore fails to
+authenticate. An empty file is one empty last chunk. The object's name is deliberately not
+bound: a rename done on the server (a mount's moves, `aws s3 mv`) must leave it readable.
+
+Nothing here hands out plaintext that has not been verified, and nothing here is a
+primitive of its own: AES-GCM and HKDF come from `cryptography`.
 """
 
 from __future__ import annotations
@@ -111,17 +113,13 @@ def _nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
 
-def _path_bytes(relpath: str) -> bytes:
-    return relpath.encode("utf-8", "surrogateescape")
-
-
 class Encryptor:
     """Seals one object chunk by chunk; the caller feeds 64 KiB at a time, in order."""
 
-    def __init__(self, key: SealingKey, relpath: str, salt: bytes | None = None) -> None:
+    def __init__(self, key: SealingKey, salt: bytes | None = None) -> None:
         salt = salt if salt is not None else os.urandom(SALT_SIZE)
         self.header = _HEADER.pack(MAGIC, VERSION, CHUNK_SHIFT, 0, key.key_id, salt)
-        self._aad = self.header + _path_bytes(relpath)
+        self._aad = self.header
         self._aead = AESGCM(key.object_key(salt))
         self._index = 0
         self._done = False
@@ -157,7 +155,7 @@ class Decryptor:
             )
         self.plain = plain
         self.chunks = max(1, -(-plain // CHUNK))
-        self._aad = parsed.raw + _path_bytes(relpath)
+        self._aad = parsed.raw
         self._aead = AESGCM(key.object_key(parsed.salt))
         self._index = 0
 
@@ -174,7 +172,7 @@ class Decryptor:
         except InvalidTag:
             raise IntegrityError(
                 f"{self.where} failed its integrity check at chunk {index} of {self.chunks} "
-                "(corrupted, truncated, reordered or not this path's object)"
+                "(corrupted, truncated or reordered)"
             ) from None
         self._index += 1
         return plain
@@ -192,11 +190,11 @@ def _read_full(src: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def encrypt_stream(src: BinaryIO, write: Callable[[bytes], object], key: SealingKey,
-                   relpath: str) -> tuple[int, str]:
+def encrypt_stream(src: BinaryIO, write: Callable[[bytes], object], key: SealingKey
+                   ) -> tuple[int, str]:
     """Seal everything `src` holds, passing the object's bytes to `write` in order.
     Returns the plaintext's size and hex MD5 (what was actually read). Blocks."""
-    enc = Encryptor(key, relpath)
+    enc = Encryptor(key)
     write(enc.header)
     digest = hashlib.md5()
     size = 0
@@ -237,7 +235,7 @@ def reseal_stream(src: BinaryIO, size: int, write: Callable[[bytes], object],
     chunk (the plaintext never lands anywhere). Returns the plaintext's size and hex MD5.
     Blocks. As with decrypt_stream, `write` may have had part of it when this raises."""
     dec = Decryptor(_read_full(src, HEADER_SIZE), size, keys, relpath)
-    enc = Encryptor(new, relpath)
+    enc = Encryptor(new)
     write(enc.header)
     digest = hashlib.md5()
     sizes = dec.chunk_sizes()
@@ -251,8 +249,8 @@ def reseal_stream(src: BinaryIO, size: int, write: Callable[[bytes], object],
     return dec.plain, digest.hexdigest()
 
 
-def encrypt_bytes(data: bytes, key: SealingKey, relpath: str) -> bytes:
-    enc = Encryptor(key, relpath)
+def encrypt_bytes(data: bytes, key: SealingKey) -> bytes:
+    enc = Encryptor(key)
     parts = [enc.header]
     chunks = max(1, -(-len(data) // CHUNK))
     for i in range(chunks):

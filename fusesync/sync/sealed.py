@@ -323,14 +323,14 @@ class Sealing:
         size, md5 = row["local_size"] or 0, row["local_md5"]
         metadata = {ENC_META: FORMAT, KEY_META: key.key_id.hex(), TAG_META: key.content_tag(md5)}
         if sealed_size(size) <= SMALL:
-            data, seen = await trio.to_thread.run_sync(_seal_small, source, key, row["path"])
+            data, seen = await trio.to_thread.run_sync(_seal_small, source, key)
             _same_source(source, (size, md5), seen)
             etag = await self.remote.put_bytes(object_key, data, attrs=attrs, metadata=metadata,
                                                **conditions)
             progress(size)
             return etag
         with tempfile.TemporaryFile(dir=self.spool) as spool:
-            seen = await trio.to_thread.run_sync(_seal_file, source, spool, key, row["path"])
+            seen = await trio.to_thread.run_sync(_seal_file, source, spool, key)
             _same_source(source, (size, md5), seen)
             return await self.remote.upload_file(
                 object_key, f"/proc/self/fd/{spool.fileno()}", size=sealed_size(size), md5=None,
@@ -438,17 +438,16 @@ def _without(actions: list[Action], sealed: Sequence[Action], reason: str | None
     return [a for a in actions if id(a) not in skip]
 
 
-def _seal_small(source: Path, key: TargetKey, relpath: str) -> tuple[bytes, tuple[int, str]]:
+def _seal_small(source: Path, key: TargetKey) -> tuple[bytes, tuple[int, str]]:
     with open(source, "rb") as f:
         out = io.BytesIO()
-        seen = encrypt_stream(f, out.write, key, relpath)
+        seen = encrypt_stream(f, out.write, key)
     return out.getvalue(), seen
 
 
-def _seal_file(source: Path, spool: BinaryIO, key: TargetKey, relpath: str
-               ) -> tuple[int, str]:
+def _seal_file(source: Path, spool: BinaryIO, key: TargetKey) -> tuple[int, str]:
     with open(source, "rb") as f:
-        seen = encrypt_stream(f, spool.write, key, relpath)
+        seen = encrypt_stream(f, spool.write, key)
     spool.flush()
     return seen
 
