@@ -47,7 +47,8 @@ from fusesync.sync.manifest import ManifestEntry
 from fusesync.sync.model import remote_sig
 from fusesync.sync.push import merge_manifest
 from fusesync.sync.remote_scan import load_manifest
-from fusesync.sync.sealed import SMALL, TRIES, IncorrectPassphrase
+from fusesync.sync.sealed import SMALL
+from fusesync.sync.unlock import TRIES, IncorrectPassphrase
 
 CONCURRENCY = 4
 ROUNDS = 3

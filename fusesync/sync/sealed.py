@@ -1,4 +1,4 @@
-"""Encrypted files: which paths, the key for one run, and their own transfers.
+"""Encrypted files: which paths, when to unlock (unlock.py), and their own transfers.
 
 Paths matching a target's `encrypt` list go up sealed (crypt/stream.py) and come down
 opened, on a path of their own beside the fast one: they are few (dotfile folders). Upload
@@ -12,7 +12,6 @@ asks for a passphrase unless the run has something to seal or open.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import io
 import os
 import tempfile
@@ -25,7 +24,7 @@ import trio
 
 from fusesync.config import Target
 from fusesync.crypt import keys as keyring
-from fusesync.crypt.keys import Keyring, TargetKey
+from fusesync.crypt.keys import TargetKey
 from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.crypt.stream import (
     ENC_META,
@@ -46,27 +45,12 @@ from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Report
+from fusesync.sync.unlock import NoKey, Unlocker
 
 SMALL = 8 << 20
 """Objects up to this size are sealed or opened in memory, in one request."""
-TRIES = 3
 
 _CHECKED_META = "encrypt_checked"  # index meta: the encrypt list of the last full look
-
-PUSH_QUESTION = "Encryption passphrase (CTRL+C to skip)"
-PULL_QUESTION = "Decryption passphrase (CTRL+C to skip)"
-
-
-class IncorrectPassphrase(FusesyncError):
-    """A passphrase given by file or environment does not open the target's key."""
-
-    errno = errno.EACCES
-
-
-class NoKey(FusesyncError):
-    """An encrypted file cannot be opened: no passphrase, or none that opens its key."""
-
-    errno = errno.EACCES
 
 
 class Sealing:
@@ -82,12 +66,9 @@ class Sealing:
         self.source = source
         self.spool = spool
         self.matcher = PathMatcher(target.encrypt)
-        self.key: TargetKey | None = None  # the key new objects are sealed with
-        self.keys: dict[bytes, TargetKey] = {}  # the keys objects are opened with
-        self.refused: str | None = None  # why no key can be had (said once)
+        self.unlocker = Unlocker(target, remote, source)
         self._patterns = "\n".join(target.encrypt)
         self._unsealed: list[Action] = []
-        self._lock = trio.Lock()
 
     # -- which rows ------------------------------------------------------------------
 
@@ -98,8 +79,12 @@ class Sealing:
     @property
     def can_try(self) -> bool:
         """Whether a key may yet be had without asking anyone (the mount's question)."""
-        return bool(self.keys) or (self.refused is None and self.source is not None
-                                   and self.source.given is not None)
+        return self.unlocker.can_try
+
+    @property
+    def refused(self) -> str | None:
+        """Why no key can be had, once that is known (the mount's log line)."""
+        return self.unlocker.refused
 
     # -- files pushed in plaintext before the encrypt list covered them --------------
 
@@ -135,10 +120,9 @@ class Sealing:
         """The actions push may carry out: those sealing a file only if a key was had."""
         sealed = [a for a in actions
                   if a.op == Op.UPLOAD and a.row is not None and self.covers(a.row)]
-        if not sealed or self._deferred():
+        if not sealed or self.unlocker.deferred:
             return actions
-        async with self._lock:
-            reason = await self._unlock_for_push(len(sealed))
+        reason = await self.unlocker.for_push(len(sealed))
         return _without(actions, sealed, reason, report)
 
     async def admit_pull(self, actions: list[Action], report: Report) -> list[Action]:
@@ -147,178 +131,33 @@ class Sealing:
         sealed = [a for a in actions if a.op in (Op.FETCH, Op.CONFLICT) and a.row is not None
                   and a.row["remote_enc"] and a.row["remote_kind"] == Kind.FILE
                   and a.row["local_kind"] != Kind.DIR]
-        if not sealed or (self._deferred() and all(a.op == Op.FETCH for a in sealed)):
+        if not sealed or (self.unlocker.deferred and all(a.op == Op.FETCH for a in sealed)):
             return actions
-        async with self._lock:
-            reason = await self._unlock_for_pull(len(sealed))
+        reason = await self.unlocker.for_pull(len(sealed))
         actions = _without(actions, sealed, reason, report)
         return [self._same_content(a) if a.op == Op.CONFLICT else a for a in actions]
-
-    def _deferred(self) -> bool:
-        """Whether the key is left to the first transfer that needs it: with a passphrase
-        given (nobody to ask), scrypt's ~0.3 s then runs while plain files move."""
-        return not self.keys and self.source is not None and self.source.given is not None
-
-    async def _key_for(self, push: bool) -> None:
-        """Unlock now, if admission left it to the first transfer (see `_deferred`)."""
-        async with self._lock:
-            if push and self.key is None:
-                reason = await self._unlock_for_push(1)
-            elif not push and not self.keys:
-                reason = await self._unlock_for_pull(1)
-            else:
-                return
-        if reason is not None:
-            raise NoKey(reason)
 
     def _same_content(self, action: Action) -> Action:
         row = action.row
         assert row is not None
         same = (row["remote_enc"] and row["local_kind"] == Kind.FILE and row["local_md5"]
                 and any(k.content_tag(row["local_md5"]) == row["remote_md5"]
-                        for k in self.keys.values()))
+                        for k in self.unlocker.opening.values()))
         return dataclasses.replace(action, op=Op.RECORD, reason="") if same else action
-
-    # -- the key ---------------------------------------------------------------------
-
-    async def load_keyring(self) -> Keyring | None:
-        got = await self.remote.get_bytes(self.target.keyring_key)
-        if got is None:
-            return None
-        return Keyring.decode(*got)
-
-    async def unlock(self) -> bool:
-        """For the mount: open the target's keys with the given passphrase, once."""
-        async with self._lock:
-            if not self.keys and self.refused is None:
-                try:
-                    self.refused = await self._unlock_for_pull(0)
-                except FusesyncError as exc:  # a wrong passphrase, an unreadable keyring
-                    self.refused = str(exc)
-        return bool(self.keys)
-
-    async def _unlock_for_push(self, count: int) -> str | None:
-        if self.key is not None:
-            return None
-        source = self._source(count, PUSH_QUESTION)
-        if isinstance(source, str):
-            return source
-        ring = await self.load_keyring()
-        if ring is None:
-            return await self._create(source)
-        key = await self._verify(source, ring, PUSH_QUESTION, current_only=True)
-        if isinstance(key, str):
-            return key
-        self.key = key
-        self.keys[key.key_id] = key
-        return None
-
-    async def _unlock_for_pull(self, count: int) -> str | None:
-        if self.keys:
-            return None
-        source = self._source(count, PULL_QUESTION)
-        if isinstance(source, str):
-            return source
-        ring = await self.load_keyring()
-        if ring is None:
-            return (f"encrypted, but {self.target.url}.keys holds no key to open it with "
-                    "(purged or never pushed by fusesync?)")
-        key = await self._verify(source, ring, PULL_QUESTION, current_only=False)
-        if isinstance(key, str):
-            return key
-        self.keys[key.key_id] = key
-        if key.key_id == ring.current:
-            self.key = key
-        return None
-
-    def _source(self, count: int, question: str) -> PassphraseSource | str:
-        source = self.source
-        if source is None or (source.given is None and source.ask is None):
-            if count and source is not None:
-                label = question.partition(" (")[0]
-                source.say(f"{label}: none given and no terminal to ask on; skipping {count} "
-                           "encrypted file(s) (set FUSESYNC_PASSPHRASE or use "
-                           "--passphrase-file)")
-            return "encrypted; skipped: no passphrase given"
-        return source
-
-    async def _verify(self, source: PassphraseSource, ring: Keyring, question: str,
-                      current_only: bool) -> TargetKey | str:
-        """The key `source`'s passphrase opens; an error for a wrong given one; a reason
-        to skip when the user skipped or missed three times."""
-        if source.given is not None:
-            key = await trio.to_thread.run_sync(ring.unlock, source.given, current_only)
-            if key is None:
-                raise IncorrectPassphrase(f"the passphrase from {source.origin} is incorrect "
-                                          "(no encrypted file was touched)")
-            return key
-        assert source.ask is not None
-        for _ in range(TRIES):
-            # Blocks the event loop while the user types: nothing else is in flight now.
-            answer = source.ask(question)
-            if answer is None:
-                return "encrypted; skipped at the passphrase prompt"
-            key = await trio.to_thread.run_sync(ring.unlock, answer, current_only)
-            if key is not None:
-                return key
-            source.say("Incorrect passphrase.")
-        return "encrypted; skipped after three incorrect passphrases"
-
-    async def _create(self, source: PassphraseSource) -> str | None:
-        """The target's first key: from the passphrase (asked twice on a terminal), its
-        keyring written only if no other cluster wrote one meanwhile."""
-        passphrase = source.given
-        for _ in range(TRIES if passphrase is None else 0):
-            assert source.ask is not None
-            first = source.ask(PUSH_QUESTION)
-            if first is None:
-                return "encrypted; skipped at the passphrase prompt"
-            if not first:
-                source.say("The passphrase cannot be empty.")
-                continue
-            again = source.ask("Repeat passphrase")
-            if again is None:
-                return "encrypted; skipped at the passphrase prompt"
-            if first == again:
-                passphrase = first
-                break
-            source.say("Passphrases differ.")
-        if passphrase is None:
-            return "encrypted; skipped: the passphrases given differed"
-        params, key = await trio.to_thread.run_sync(keyring.create, passphrase)
-        ring = Keyring({params.key_id: params}, params.key_id)
-        try:
-            await self.remote.put_bytes(self.target.keyring_key, ring.encode(),
-                                        content_type="application/json", if_none_match=True)
-        except RemoteChanged:  # another cluster made the first key meanwhile: use theirs
-            theirs = await self.load_keyring()
-            if theirs is None:
-                raise
-            found = await trio.to_thread.run_sync(theirs.unlock, passphrase, True)
-            if found is None:
-                if source.given is not None:
-                    raise IncorrectPassphrase(
-                        f"the passphrase from {source.origin} is incorrect") from None
-                source.say("Incorrect passphrase.")
-                return "encrypted; another cluster set a different passphrase meanwhile"
-            key = found
-        self.key = key
-        self.keys[key.key_id] = key
-        return None
 
     # -- push ------------------------------------------------------------------------
 
     def _sealing_key(self) -> TargetKey:
-        if self.key is None:
+        if self.unlocker.current is None:
             raise FusesyncError("internal: an encrypted file reached push without a key")
-        return self.key
+        return self.unlocker.current
 
     async def upload(self, object_key: str, source: Path, row: Row, attrs: Attrs,
                      conditions: Mapping[str, Any], progress: Callable[[int], None]) -> str:
         """Seal the local file `source` (as the scan saw it: size and MD5 are checked) and
         write it to `object_key`; returns the new etag. The s3fs attribute headers stay
         in plaintext."""
-        await self._key_for(push=True)
+        await self.unlocker.need(push=True)
         key = self._sealing_key()
         size, md5 = row["local_size"] or 0, row["local_md5"]
         metadata = {ENC_META: FORMAT, KEY_META: key.key_id.hex(), TAG_META: key.content_tag(md5)}
@@ -356,35 +195,37 @@ class Sealing:
     # -- pull ------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def opened(self, row: Row, progress: Callable[[int], None]
+    async def opened(self, row: Row, progress: Callable[[int], None], source: str | None = None
                      ) -> AsyncIterator[Opened]:
-        """The object of `row`, fetched and ready to be opened into a file by
-        `Opened.fill` (from a worker thread). Raises RemoteChanged when it is no longer
-        the listed version. The key is waited for only once the object is here, so a
-        deferred scrypt runs while it downloads."""
-        object_key = self.target.prefix + row["path"]
+        """The object of `row` (or at relative path `source`, where a move left it),
+        fetched and ready to be opened into a file by `Opened.fill` (from a worker
+        thread). Raises RemoteChanged when it is no longer the listed version. The key is
+        waited for only once the object is here, so a deferred scrypt runs meanwhile."""
+        object_key = self.target.prefix + (source or row["path"])
         if sealed_size(row["remote_size"] or 0) <= SMALL:
             got = await self.remote.get_bytes(object_key, if_match=row["remote_etag"])
             if got is None:
                 raise RemoteChanged(f"'{row['path']}' is no longer on the remote")
             progress(len(got[0]))
-            await self._key_for(push=False)
-            yield Opened(io.BytesIO(got[0]), len(got[0]), row, self.keys)
+            await self.unlocker.need(push=False)
+            yield Opened(io.BytesIO(got[0]), len(got[0]), row, self.unlocker.opening)
             return
         with tempfile.TemporaryFile(dir=self.spool) as spool:
             await self.remote.download_file(object_key, spool, if_match=row["remote_etag"],
                                             progress=progress)
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
-            await self._key_for(push=False)
-            yield Opened(spool, size, row, self.keys)
+            await self.unlocker.need(push=False)
+            yield Opened(spool, size, row, self.unlocker.opening)
 
 
-    async def open_into(self, row: Row, write_at: Callable[[int, bytes], None]) -> str:
+    async def open_into(self, row: Row, write_at: Callable[[int, bytes], None],
+                        source: str | None = None) -> str:
         """For the mount's fetch: the object's verified plaintext, chunk by chunk, to
-        `write_at(offset, data)` (called from a worker thread); returns its MD5. Raises
-        an EACCES error when the mount has no passphrase that opens the target's key."""
-        if not await self.unlock():
+        `write_at(offset, data)` (called from a worker thread); returns its MD5. `source`:
+        as for `opened`. Raises an EACCES error when the mount has no passphrase that
+        opens the target's key."""
+        if not await self.unlocker.unlock():
             raise NoKey(f"'{row['path']}' is encrypted and the mount cannot decrypt it: "
                         f"{self.refused}")
         offset = 0
@@ -394,7 +235,7 @@ class Sealing:
             write_at(offset, data)
             offset += len(data)
 
-        async with self.opened(row, lambda _n: None) as body:
+        async with self.opened(row, lambda _n: None, source) as body:
             await trio.to_thread.run_sync(body.pour, write)
         return body.md5
 
