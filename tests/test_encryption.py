@@ -281,3 +281,23 @@ def test_files_pushed_before_the_list_covered_them_are_encrypted_next_push(
     assert one.push("data").output.splitlines()[-1].startswith("   0 uploaded")
     plain = s3.get_object(Bucket=one.bucket, Key="sync/tester/data/notes.txt")
     assert "fusesync-enc" not in plain["Metadata"]
+
+
+def test_a_cluster_whose_list_misses_a_path_keeps_it_encrypted(
+    one: Cluster, two: Cluster, tmp_path: Path, s3
+) -> None:
+    for cluster, extra in ((one, ("--encrypt", "*.pem")), (two, ())):
+        folder = tmp_path / f"data-{cluster.root.name}"
+        folder.mkdir()
+        assert cluster.cli("add", "data", str(folder), *extra).exit_code == 0
+    (tmp_path / "data-one" / "cred.pem").write_text("secret v1")
+    with_passphrase(one, two)
+    one.push("data")
+    two.pull("data")
+    assert (tmp_path / "data-two" / "cred.pem").read_text() == "secret v1"
+    (tmp_path / "data-two" / "cred.pem").write_text("secret v2")  # two's list has no *.pem
+    two.push("data")
+    got = s3.get_object(Bucket=one.bucket, Key="sync/tester/data/cred.pem")
+    assert got["Metadata"]["fusesync-enc"] == FORMAT and b"secret" not in got["Body"].read()
+    one.pull("data")
+    assert (tmp_path / "data-one" / "cred.pem").read_text() == "secret v2"

@@ -73,8 +73,11 @@ class Sealing:
     # -- which rows ------------------------------------------------------------------
 
     def covers(self, row: Row) -> bool:
-        """Whether push seals this row's local file."""
-        return row["local_kind"] == Kind.FILE and self.matcher.matches(row["path"])
+        """Whether push seals this row's local file: the encrypt list covers it, or its
+        remote object is sealed already (another cluster's list covers it: never undone
+        by a push from here)."""
+        return row["local_kind"] == Kind.FILE and (
+            bool(row["remote_enc"]) or self.matcher.matches(row["path"]))
 
     @property
     def can_try(self) -> bool:
