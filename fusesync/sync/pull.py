@@ -34,6 +34,9 @@ SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then landed in batches."""
 LANDING_BATCH = 128
 """Small files landed per worker-thread hop and per syncfs."""
+IN_MEMORY = 2 * LANDING_BATCH
+"""Small files fetched and not yet landed, at most: a batch landing, the next one filling
+(so at most 256 MiB, and a few MiB for a home directory's files)."""
 
 
 def conflict_name(name: str, when: float | None = None, host: str | None = None) -> str:
@@ -80,6 +83,8 @@ class Puller:
         self.progress = progress
         self._disk = trio.CapacityLimiter(8)
         self._landing: Batcher[Landing]
+        self._net = trio.CapacityLimiter(1)  # set per run
+        self._in_memory = trio.CapacityLimiter(IN_MEMORY)
         self.rows = RowWriter(index)
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
@@ -94,11 +99,12 @@ class Puller:
         )
         for action in dirs:  # parents before children, so files have somewhere to land
             await self._guarded(action, self._make_dir, final=False)
-        limiter = trio.CapacityLimiter(concurrency)
+        # Requests in flight; a small file gives its slot back once fetched, so the
+        # network never waits for a batch to land.
+        self._net = trio.CapacityLimiter(concurrency)
 
         async def one(action: Action) -> None:
-            async with limiter:
-                await self._guarded(action, self._dispatch)
+            await self._guarded(action, self._dispatch)
 
         async with Batcher.running(self.tree.land, LANDING_BATCH) as self._landing, \
                 trio.open_nursery() as nursery:
@@ -158,16 +164,18 @@ class Puller:
             )
             md5 = row["remote_md5"]
         elif row["remote_enc"]:  # encrypted: a path of its own
-            st, md5 = await self._fetch_sealed(row, expect, final_name)
+            async with self._net:
+                st, md5 = await self._fetch_sealed(row, expect, final_name)
             self.report.downloaded_bytes += st.st_size
         elif (row["remote_size"] or 0) <= SMALL:  # one request, then landed in a batch
             st, md5 = await self._fetch_small(row, expect, final_name)
             self.report.downloaded_bytes += st.st_size
         else:
             md5_box: list[str] = []
-            st = await trio.to_thread.run_sync(
-                self._write_file, row, expect, final_name, md5_box, limiter=self._disk
-            )
+            async with self._net:
+                st = await trio.to_thread.run_sync(
+                    self._write_file, row, expect, final_name, md5_box, limiter=self._disk
+                )
             md5 = md5_box[0]
             self.report.downloaded_bytes += st.st_size
         self.report.downloaded += 1
@@ -179,17 +187,20 @@ class Puller:
     async def _fetch_small(self, row: Row, expect: Version | bool | None,
                            final_name: str | None) -> tuple[os.stat_result, str]:
         path = row["path"]
-        got = await self.remote.get_bytes(self.target.prefix + path, if_match=row["remote_etag"])
-        if got is None:
-            raise RemoteChanged(path)
-        body = got[0]
-        self.progress.advance(size=len(body))
-        md5 = hashlib.md5(body).hexdigest()
-        if row["remote_md5"] and md5 != row["remote_md5"]:
-            raise IntegrityError(f"'{path}': downloaded data does not match its MD5")
-        landing = Landing(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
-                          remote_owner(row), expect, final_name)
-        await self._landing.submit(landing)
+        async with self._in_memory:
+            async with self._net:
+                got = await self.remote.get_bytes(self.target.prefix + path,
+                                                  if_match=row["remote_etag"])
+            if got is None:
+                raise RemoteChanged(path)
+            body = got[0]
+            self.progress.advance(size=len(body))
+            md5 = hashlib.md5(body).hexdigest()
+            if row["remote_md5"] and md5 != row["remote_md5"]:
+                raise IntegrityError(f"'{path}': downloaded data does not match its MD5")
+            landing = Landing(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
+                              remote_owner(row), expect, final_name)
+            await self._landing.submit(landing)
         if isinstance(landing.result, Exception):
             raise landing.result
         assert landing.result is not None, "a handled batch sets every result"
