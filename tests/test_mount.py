@@ -170,6 +170,8 @@ def test_cache_limit_evicts_clean_files_least_recently_used_first(
     with mounted(two.home, two.env, "default", "--cache-limit", "1M"):
         big = (two.home / "big.bin").read_bytes()  # 3 MiB: over the limit on its own
         assert (two.home / "docs" / "notes.txt").read_text() == "remote notes\n"
+        # a read returns once its bytes are here; the file is recorded just after
+        wait_until(lambda: local_kind(two, "docs/notes.txt") == "file", 30, "notes.txt")
         (two.home / "mine.bin").write_bytes(os.urandom(2 << 20))  # dirty: never evicted
         wait_until(lambda: local_kind(two, "big.bin") is None, 30, "the eviction of big.bin")
         assert local_kind(two, "docs/notes.txt") == "file"  # used later: kept

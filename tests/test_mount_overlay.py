@@ -117,6 +117,9 @@ def names(overlay: Overlay, ino: int = ROOT_INODE) -> dict[str, int]:
     dh = overlay.opendir(ino)
     found = {}
     for name, node, attr, _ in overlay.readdir(dh, 0):
+        if node is None:
+            assert name in (".", "..")  # listed, but the kernel takes no reference
+            continue
         overlay.remember(node)
         found[name] = attr.mode
     overlay.releasedir(dh)

@@ -128,7 +128,7 @@ class Adapter(pyfuse3.Operations):
     @replies
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Ctx
                     ) -> pyfuse3.EntryAttributes:
-        return entry(self.overlay.mknod(parent_inode, name_of(name), mode, caller(ctx)))
+        return entry(self.overlay.mknod(parent_inode, name_of(name), mode, rdev, caller(ctx)))
 
     @replies
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Ctx
@@ -200,9 +200,11 @@ class Adapter(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, attr, next_id in self.overlay.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry(attr), next_id):
-                self.overlay.discard(node)
+                if node is not None:
+                    self.overlay.discard(node)
                 break
-            self.overlay.remember(node)
+            if node is not None:
+                self.overlay.remember(node)
 
     @replies
     async def releasedir(self, fh: int) -> None:

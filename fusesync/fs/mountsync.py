@@ -73,6 +73,8 @@ class MountService:
                 remote_only = self.index.count(
                     "local_kind IS NULL AND remote_kind IN ('file', 'symlink') AND dirty = 0"
                 )
+                if self.overlay.fetcher is not None:  # being fetched: no longer remote-only
+                    remote_only = max(0, remote_only - len(self.overlay.fetcher.active))
                 return {"status": 0, "output": output.status_text(
                     self.target, status, bool(request.get("json")), remote_only)}
         return {"status": 2, "output": f"fusesync: the mount does not forward '{verb}'\n"}

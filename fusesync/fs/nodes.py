@@ -77,6 +77,9 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def known(self, inode: int) -> bool:
+        return inode in self._nodes
+
     def get(self, inode: int) -> Node:
         try:
             return self._nodes[inode]

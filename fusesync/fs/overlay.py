@@ -135,11 +135,15 @@ class Overlay(Namespace):
     async def setattr(self, ino: int, changes: Changes, fh: int | None) -> Attr:
         node = self.node(ino)
         handle = self.handles.get(fh) if fh else None
+        if handle is None and node.detached:
+            # fchmod, fchown, futimens of an unlinked file: the kernel names no handle
+            handle = self.handles.any_for(node)
         if handle is not None and handle.fetch is not None:
             await handle.fetch.wait()
             handle.fetch = None
         if handle is None and not node.detached:
-            if changes.size == 0 and not (changes.mode or changes.uid or changes.gid):
+            if changes.size == 0 and changes.mode is None and changes.uid is None \
+                    and changes.gid is None:
                 await self._truncate_remote_only(node)
             await self.materialize(node)
         if node.inode == ROOT_INODE or (node.detached and handle is not None):

@@ -9,6 +9,7 @@ FusesyncError, both with an errno. No pyfuse3 here; changes are namespace.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -19,7 +20,7 @@ from fusesync.fs.dirs import DirFds
 from fusesync.fs.fetch import Fetch, Fetcher, FetchFailed
 from fusesync.fs.handles import DirHandle, Handles
 from fusesync.fs.journal import Journal
-from fusesync.fs.nodes import ROOT_INODE, InodeTable, Node
+from fusesync.fs.nodes import ROOT_INODE, Detached, InodeTable, Node
 from fusesync.index import Row
 from fusesync.sync.localfs import TMP_MARK, local_ids
 from fusesync.sync.matcher import PathMatcher
@@ -60,6 +61,7 @@ class View:
         self.dirs = DirFds(root_fd)
         self.handles = Handles()
         self.last_used: dict[str, float] = {}  # path -> when last opened (for --cache-limit)
+        self.removed: dict[int, Attr] = {}  # inode -> last attributes of a removed dir
         self.as_root = os.geteuid() == 0
 
     # -- resolving -------------------------------------------------------------------
@@ -100,6 +102,8 @@ class View:
         if node.detached:
             handle = self.handles.any_for(node)
             if handle is None:
+                if node.inode in self.removed:
+                    return self.removed[node.inode]
                 raise fail(errno.ENOENT)
             return Attr.from_stat(node.inode, os.fstat(handle.fd))
         st = self._lstat(node)
@@ -146,6 +150,14 @@ class View:
 
     def forget(self, inode: int, count: int) -> None:
         self.inodes.forget(inode, count)
+        if inode in self.removed and not self.inodes.known(inode):
+            del self.removed[inode]
+
+    def keep_removed(self, node: Node) -> None:
+        """`node`, a directory, is about to go: a process still inside it (its cwd, an open
+        descriptor) can stat it afterwards, as on any file system, with no links left."""
+        with contextlib.suppress(OSError):
+            self.removed[node.inode] = dataclasses.replace(self.attr(node), nlink=0)
 
     def readlink(self, ino: int) -> str:
         node = self.node(ino)
@@ -177,15 +189,26 @@ class View:
 
     def opendir(self, ino: int) -> int:
         node = self.node(ino)
+        if node.detached:  # removed while someone still has it open (or as cwd): empty
+            return self.handles.add_dir(DirHandle(node, []))
         local, remote = self._names(node)
-        return self.handles.add_dir(DirHandle(node, [*local, *remote]))
+        return self.handles.add_dir(DirHandle(node, [".", "..", *local, *remote]))
 
-    def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node, Attr, int]]:
+    def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node | None, Attr, int]]:
         """Entries from offset `start`: (name, node, attributes, next offset). The caller
-        must call remember() or discard() on each node it is given."""
+        must call remember() or discard() on each node it is given; '.' and '..' come
+        with no node, as the kernel takes no reference for them."""
         handle = self.handles.dir(dh)
         for offset in range(start, len(handle.names)):
             name = handle.names[offset]
+            if name in (".", ".."):
+                dot = handle.node if name == "." else handle.node.parent or self.inodes.root
+                try:
+                    dot_attr = self.attr(dot)
+                except (FileNotFoundError, Detached):
+                    continue
+                yield name, None, dot_attr, offset + 1
+                continue
             node = self.inodes.child(handle.node, name)
             try:
                 attr = self.attr(node)

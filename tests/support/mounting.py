@@ -14,8 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,42 @@ def mounted(path: Path, env: dict[str, str], name: str = "default",
         yield mount
     finally:
         mount.stop()
+
+
+def as_user(uid: int, gid: int, action: Callable[[], object],
+            groups: tuple[int, ...] = ()) -> int:
+    """Run `action` in a forked child with these ids; 0 when it returned, else the errno
+    of the OSError it raised. Nothing is executed: the child needs no interpreter of its
+    own that the user may not be allowed to run."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 255
+        try:
+            os.close(read_end)
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            try:
+                action()
+                code = 0
+            except OSError as exc:
+                code = exc.errno or 255
+        finally:
+            os.write(write_end, str(code).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return int(answer or b"255")
+
+
+def open_to_all(path: Path) -> None:
+    """Let every user traverse the folders down to `path` (test folders are 0700)."""
+    for folder in [*reversed(path.parents), path]:
+        if str(folder).startswith(tempfile.gettempdir() + "/"):
+            folder.chmod(folder.stat().st_mode | 0o011)
 
 
 def forward_in(env: dict[str, str], verb: str, name: str = "default",
