@@ -140,6 +140,14 @@ class Fusesync(Tool):
     program = "fusesync"
 
     def setup(self) -> None:
+        # As installed: pip (and the .deb) compile the package's bytecode at install time,
+        # an editable checkout does not, and with PYTHONDONTWRITEBYTECODE set every run
+        # would compile fusesync's sources anew. py_compile writes regardless of it.
+        import compileall
+
+        import fusesync
+
+        compileall.compile_dir(Path(fusesync.__file__).parent, quiet=1)
         self.env_a = self._cluster("a", self.ws.src)
         self.env_b = self._cluster("b", self.ws.dest)
 

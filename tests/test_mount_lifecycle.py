@@ -176,3 +176,27 @@ def test_state_folder_inside_the_mounted_home(tmp_path: Path, fusesync_env: Fuse
     assert not is_mounted(home)
     assert (home / "new.txt").read_text() == "new"
     assert not (home / ".local" / "state" / "fusesync" / "default" / "control.sock").exists()
+
+
+def test_daemonized_mount_that_fails_says_one_clear_line(two: Cluster) -> None:
+    """The daemon's error reaches the terminal as the user's one line, not a trio group."""
+    two.home.rename(two.home.with_name("moved-away"))
+    result = subprocess.run(
+        [sys.executable, "-m", "fusesync.cli", "mount"], env={**os.environ, **two.env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("fusesync mount: "), result.stderr
+    assert "does not exist" in result.stderr
+    assert "ExceptionGroup" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_daemon_error_raised_inside_a_nursery_is_said_as_its_own_line() -> None:
+    from fusesync.errors import FusesyncError
+    from fusesync.fs.commands import last_word
+
+    inside = BaseExceptionGroup("Exceptions from Trio nursery", [
+        FusesyncError("cannot mount '/home/u': fuse: device not found"),
+    ])
+    assert last_word(inside) == "cannot mount '/home/u': fuse: device not found"
+    assert last_word(OSError(5, "Input/output error")) == "OSError(5, 'Input/output error')"

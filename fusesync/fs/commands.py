@@ -19,7 +19,7 @@ import click
 
 from fusesync.crypt.cli import passphrase_option
 from fusesync.crypt.passphrase import PassphraseSource, given_passphrase
-from fusesync.errors import FusesyncError, UsageError
+from fusesync.errors import FusesyncError, UsageError, first_leaf
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _WAIT_FOR_DAEMON = 60.0  # seconds unmount waits for the daemon to finish its flush
@@ -150,6 +150,14 @@ def notify_systemd(state: str) -> None:
         click.echo(f"fusesync mount: cannot notify systemd at {address!r}: {exc}", err=True)
 
 
+def last_word(exc: BaseException) -> str:
+    """What a daemon that failed before it was ready tells the terminal: the domain
+    error's own line (also from inside a nursery's group), else the exception's repr."""
+    if isinstance(exc, BaseExceptionGroup):
+        exc = first_leaf(exc)
+    return str(exc) if isinstance(exc, FusesyncError | UsageError) else repr(exc)
+
+
 def _daemonize(start: Callable[[Callable[[str], None], Callable[[], None]], None]) -> list[str]:
     """Run `start` in a detached daemon; return its messages once the mount is up, or
     raise its error. The daemon speaks over a pipe: 'say TEXT', then 'ok' or 'error TEXT'."""
@@ -191,6 +199,5 @@ def _daemonize(start: Callable[[Callable[[str], None], Callable[[], None]], None
     except BaseException as exc:  # the daemon's last word, whatever it is
         code = 1
         if not readied:
-            message = str(exc) if isinstance(exc, FusesyncError | UsageError) else repr(exc)
-            os.write(write_end, f"error {message}\n".encode())
+            os.write(write_end, f"error {last_word(exc)}\n".encode())
     os._exit(code)
