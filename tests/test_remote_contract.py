@@ -312,6 +312,21 @@ async def test_delete(remote: Remote) -> None:
     await remote.delete("p/d", if_match=etag)  # gone is gone, whichever version it was
 
 
+async def test_copy_keeps_content_and_metadata(remote: Remote) -> None:
+    attrs = Attrs(mode=stat.S_IFREG | 0o640, uid=1000, gid=100, mtime=1700000000.5)
+    etag = await remote.put_bytes("p/from", b"copied", attrs=attrs)
+    with pytest.raises(RemoteChanged):
+        await remote.copy("p/from", "p/to", if_match="0" * 32)
+    assert await remote.head("p/to") is None
+    new = await remote.copy("p/from", "p/to", if_match=etag)
+    head = await remote.head("p/to")
+    assert head is not None and head.etag == new and Attrs.from_metadata(head.metadata) == attrs
+    assert await remote.get_bytes("p/to") == (b"copied", new)
+    assert await remote.head("p/from") is not None  # a copy, not a move
+    with pytest.raises(RemoteNotFound):
+        await remote.copy("p/missing", "p/elsewhere")
+
+
 async def test_abort_multipart_uploads(remote: Remote, s3: S3Client, bucket: str) -> None:
     for key in ("p/a", "p/b", "p/sub/c", "q/d"):
         s3.create_multipart_upload(Bucket=bucket, Key=key)

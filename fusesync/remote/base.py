@@ -136,6 +136,10 @@ class WritableFile(Protocol):
     def flush(self) -> None: ...
 
 
+COPY_LIMIT = 5 << 30
+"""The largest object one server-side copy (S3 CopyObject) takes."""
+
+
 class Remote(Protocol):
     """An object store holding the targets' objects, as the sync engine uses it.
 
@@ -214,6 +218,12 @@ class Remote(Protocol):
         Raises RemoteNotFound when the object is gone and RemoteChanged when it is not the
         `if_match` version (or changed while being read).
         """
+        ...
+
+    async def copy(self, source: str, key: str, *, if_match: str | None = None) -> str:
+        """Copy object `source` to `key` inside the store (metadata kept, no bytes pass
+        through here; at most COPY_LIMIT bytes); returns the new etag. RemoteNotFound when
+        `source` is gone, RemoteChanged when it is not the `if_match` version."""
         ...
 
     async def delete(self, key: str, *, if_match: str | None = None) -> None:

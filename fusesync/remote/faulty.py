@@ -221,6 +221,12 @@ class FaultyRemote:
         self._exit("download_file")
         return result
 
+    async def copy(self, source: str, key: str, *, if_match: str | None = None) -> str:
+        await self._enter("copy", key)
+        etag = await self.inner.copy(source, key, if_match=if_match)
+        self._exit("copy")
+        return etag
+
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
         await self._enter("delete", key)
         await self.inner.delete(key, if_match=if_match)

@@ -495,6 +495,15 @@ class S3Remote:
         """Abort one multipart upload, even while being cancelled; False if it was gone."""
         return await abort_upload(self._link, key, upload_id)
 
+    async def copy(self, source: str, key: str, *, if_match: str | None = None) -> str:
+        """CopyObject, metadata and content type kept."""
+        args: dict[str, Any] = {"CopySource": {"Bucket": self.bucket, "Key": source},
+                                "MetadataDirective": "COPY"}
+        if if_match is not None:
+            args["CopySourceIfMatch"] = quote_etag(if_match)
+        resp = await self._s3("copy_object", key, **args)
+        return unquote_etag(resp.get("CopyObjectResult", {}).get("ETag"))
+
     async def delete(self, key: str, *, if_match: str | None = None) -> None:
         """DELETE. Gone already is fine, whatever `if_match` says; another version still
         there is RemoteChanged."""
