@@ -87,6 +87,16 @@ ALTER TABLE paths ADD COLUMN remote_enc TEXT;
 """
 
 
+# Version 3: a directory renamed in a mount moves its remote-only entries at once, with no
+# download: each new row still points at the object under the old path until push copies
+# it there on the server and deletes the old one. The old row stays dirty meanwhile.
+V3 = """
+-- the path whose object holds this row's remote state; NULL: the row's own path
+ALTER TABLE paths ADD COLUMN remote_from TEXT;
+CREATE INDEX paths_moved ON paths(remote_from) WHERE remote_from IS NOT NULL;
+"""
+
+
 def create_v1(db: sqlite_utils.Database) -> None:
     for statement in statements(V1):
         db.execute(statement)
@@ -97,9 +107,14 @@ def add_remote_enc(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def add_remote_from(db: sqlite_utils.Database) -> None:
+    for statement in statements(V3):
+        db.execute(statement)
+
+
 Migration = Callable[["sqlite_utils.Database"], None]
 
-MIGRATIONS: tuple[Migration, ...] = (create_v1, add_remote_enc)
+MIGRATIONS: tuple[Migration, ...] = (create_v1, add_remote_enc, add_remote_from)
 """MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version),
 inside one transaction; later ones can reshape tables with sqlite-utils' transform()."""
 
