@@ -100,6 +100,36 @@ def test_a_read_waits_only_for_its_range(one: Cluster, two: Cluster) -> None:
     assert (two.home / "huge.bin").stat().st_size == size
 
 
+def test_a_writable_open_streams_too(one: Cluster, two: Cluster) -> None:
+    """open(O_RDWR) of a large remote-only file returns at once: a write lands while the
+    rest still downloads (and is never overwritten by it), fsync waits for the file."""
+    size = 96 << 20
+    data = os.urandom(1 << 20) * (size >> 20)
+    (one.home / "huge.bin").write_bytes(data)
+    one.push()
+    remote_only_state(two)
+    expected = data[:10] + b"patched" + data[17:] + b"tail"
+    with mounted(two.home, two.env):
+        with (two.home / "huge.bin").open("r+b", buffering=0) as f:
+            f.seek(10)
+            f.write(b"patched")
+            f.seek(0)
+            head = f.read(20)
+            assert local_kind(two, "huge.bin") is None, "the open waited for the whole file"
+            assert head == expected[:20]
+            f.seek(size)
+            f.write(b"tail")
+            assert os.fstat(f.fileno()).st_size == size + 4
+            os.fsync(f.fileno())
+        assert (two.home / "huge.bin").read_bytes() == expected
+        assert "huge.bin" in dirty_paths(two)
+        mounted_run(two, "push")
+        assert not dirty_paths(two)
+    one.pull()
+    assert (one.home / "huge.bin").read_bytes() == expected
+    assert_clean_log(two)
+
+
 def test_changes_through_the_mount_are_journaled_and_pushed(one: Cluster, two: Cluster) -> None:
     populate_remote(one)
     remote_only_state(two)

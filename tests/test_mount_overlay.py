@@ -228,15 +228,54 @@ async def test_deleting_a_remote_only_file_hides_it(overlay: Overlay, index: Ind
     assert caught.value.errno == errno.ENOTEMPTY
 
 
-async def test_directory_rename_moves_rows_and_fetches_remote_only_ones(
-    overlay: Overlay, root: Path, index: Index
+async def test_directory_rename_moves_remote_only_rows_without_a_download(
+    overlay: Overlay, remote: FakeRemote, root: Path, index: Index
 ) -> None:
     await overlay.rename(ROOT_INODE, "far", ROOT_INODE, "near", 0)
-    assert (root / "near" / "away.txt").read_bytes() == b"far away"
-    assert {"far", "far/away.txt", "near", "near/away.txt"} <= dirty(index)
+    assert remote.downloads == 0 and not (root / "near").exists()
+    assert {"far", "far/away.txt"} <= dirty(index)  # old rows: hidden until push copies
+    assert index.require("near/away.txt")["remote_from"] == "far/away.txt"
+    assert index.require("near")["remote_from"] == "far"
     assert "far" not in names(overlay) and "near" in names(overlay)
     near = overlay.lookup(ROOT_INODE, "near")
     assert set(names(overlay, near.ino)) == {"away.txt"}
+    away = overlay.lookup(near.ino, "away.txt")
+    assert away.size == 8 and stat.S_IMODE(away.mode) == 0o640
+    await overlay.rename(near.ino, "away.txt", ROOT_INODE, "moved.txt", 0)  # moved again
+    assert index.get("near/away.txt") is None
+    assert index.require("moved.txt")["remote_from"] == "far/away.txt"
+    fh = await overlay.open(overlay.lookup(ROOT_INODE, "moved.txt").ino, os.O_RDONLY)
+    assert await overlay.read(fh, 0, 100) == b"far away"  # from the object's old key
+    overlay.release(fh)
+    await fetched(overlay)
+    moved, old = index.require("moved.txt"), index.require("far/away.txt")
+    assert moved["local_kind"] == "file" and moved["base_kind"] is None and moved["dirty"]
+    assert old["base_etag"] == old["remote_etag"] and old["dirty"]  # push deletes it
+
+
+async def test_writable_open_of_remote_only_file_streams(
+    overlay: Overlay, remote: FakeRemote, root: Path, index: Index
+) -> None:
+    remote.hold_after = 4000
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    fh = await overlay.open(attr.ino, os.O_RDWR)  # returns with most of it still to come
+    assert overlay.write(fh, 8000, b"ABCD") == 4  # where the download has not been yet
+    assert overlay.write(fh, 1, b"xy") == 2  # and where it has
+    assert overlay.write(fh, 10_000, b"tail") == 4  # past the object's end
+    assert await overlay.read(fh, 0, 4) == b"0xy3"
+    assert await overlay.read(fh, 8000, 4) == b"ABCD"  # no wait: written here
+    assert overlay.getattr(attr.ino).size == 10_004
+    assert "remote.bin" not in dirty(index)  # journaled once the file is in place
+    remote.release.set()
+    await overlay.fsync(fh, False)  # waits for the file to be in place
+    overlay.release(fh)
+    expected = bytearray(b"0123456789" * 1000)
+    expected[1:3], expected[8000:8004] = b"xy", b"ABCD"
+    assert (root / "remote.bin").read_bytes() == bytes(expected) + b"tail"
+    assert "remote.bin" in dirty(index) and remote.downloads == 1
+    row = index.require("remote.bin")
+    assert row["base_etag"] == row["remote_etag"]  # push uploads over exactly that version
+    assert row["base_md5"] == row["remote_md5"] != row["local_md5"]
 
 
 async def test_rename_flags_and_errors(overlay: Overlay, root: Path) -> None:

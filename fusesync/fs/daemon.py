@@ -172,6 +172,7 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                 nursery.start_soon(services)
                 await pyfuse3.main()
                 await _finish_fetches(fetcher)
+                await _carry_moves(service)
             finally:
                 nursery.cancel_scope.cancel()
                 pyfuse3.close(unmount=True)
@@ -187,6 +188,16 @@ async def _finish_fetches(fetcher: Fetcher) -> None:
     with trio.move_on_after(FETCH_GRACE):
         while fetcher.active:
             await next(iter(fetcher.active.values())).done.wait()
+
+
+async def _carry_moves(service: mountsync.MountService) -> None:
+    """Renames still waiting for their server-side copies are carried before the daemon
+    goes, when the remote answers in time; otherwise the next mount's first run does."""
+    with trio.move_on_after(FETCH_GRACE):
+        try:
+            await service.carry_moves_alone()
+        except Exception as exc:  # offline, say: nothing is lost, the rows stay
+            log.warning("renames not yet carried to the remote: %s", exc)
 
 
 async def invalidate(entries: list[tuple[int, str, int | None]]) -> None:

@@ -57,26 +57,50 @@ class Fetch:
         self.fd = fd  # the temporary file, read and written by offset
         self.done = trio.Event()
         self.error: FetchFailed | None = None
-        self._lock = threading.Lock()  # ranges are added from transfer threads
+        self.lock = threading.Lock()  # ranges are added from transfer threads
         self._ranges: list[tuple[int, int]] = []
+        self._written: list[tuple[int, int]] = []  # ranges written through the mount
         self._waiters: list[tuple[int, int, trio.Event]] = []
 
     def arrived(self, start: int, end: int) -> None:
         """Bytes [start, end) are in the temporary file (called from any thread)."""
-        with self._lock:
-            merged: list[tuple[int, int]] = []
-            for s, e in sorted([*self._ranges, (start, end)]):
-                if merged and s <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-                else:
-                    merged.append((s, e))
-            self._ranges = merged
+        with self.lock:
+            self._ranges = _merged(self._ranges, start, end)
+
+    @property
+    def modified(self) -> bool:
+        """Something was written through the mount while the download ran."""
+        return bool(self._written)
+
+    def written_end(self) -> int:
+        return max((end for _, end in self._written), default=0)
+
+    def write(self, data: bytes, offset: int) -> int:
+        """A write through the mount while the download runs (trio thread). The range is
+        recorded under the lock the download writes under, so the download never
+        overwrites it, however its parts arrive or are retried."""
+        with self.lock:
+            written = os.pwrite(self.fd, data, offset)
+            self._written = _merged(self._written, offset, offset + written)
+            self._ranges = _merged(self._ranges, offset, offset + written)
+        return written
+
+    def download_write(self, data: bytes, offset: int) -> None:
+        """Downloaded bytes at `offset`, except where the mount wrote (any thread)."""
+        with self.lock:
+            end = offset + len(data)
+            for start, stop in _gaps(self._written, offset, end):
+                view = memoryview(data)[start - offset : stop - offset]
+                while view:
+                    view = view[os.pwrite(self.fd, view, start) :]
+                    start = stop - len(view)
+            self._ranges = _merged(self._ranges, offset, end)
 
     def has(self, start: int, end: int) -> bool:
-        end = min(end, self.size)
+        end = min(end, max(self.size, self.written_end()))
         if start >= end:
             return True
-        with self._lock:
+        with self.lock:
             return any(s <= start and end <= e for s, e in self._ranges)
 
     def wake(self, _count: int = 0) -> None:
@@ -123,14 +147,14 @@ class _RangeWriter:
         return offset
 
     def write(self, data: bytes, /) -> int:
-        written = os.pwrite(self._fetch.fd, data, self._pos)
-        self._fetch.arrived(self._pos, self._pos + written)
-        self._pos += written
-        return written
+        self._fetch.download_write(data, self._pos)
+        self._pos += len(data)
+        return len(data)
 
     def truncate(self, size: int | None = None, /) -> int:
         size = self._pos if size is None else size
-        os.ftruncate(self._fetch.fd, size)
+        with self._fetch.lock:  # never below what the mount wrote past the object's end
+            os.ftruncate(self._fetch.fd, max(size, self._fetch.written_end()))
         return size
 
     def flush(self) -> None:
@@ -178,16 +202,16 @@ class Fetcher:
             if row["remote_enc"] and self.sealing is not None:  # decrypted chunk by chunk
                 await self.sealing.open_into(row, functools.partial(_arrive, fetch))
             else:
-                await self.remote.download_file(
-                    self.prefix + row["path"], _RangeWriter(fetch), if_match=row["remote_etag"],
-                    progress=fetch.wake,
+                await self.remote.download_file(  # a moved entry's object is at its old path
+                    self.prefix + (row["remote_from"] or row["path"]), _RangeWriter(fetch),
+                    if_match=row["remote_etag"], progress=fetch.wake,
                 )
             fetch.arrived(0, fetch.size)
             fetch.wake()
             md5 = await trio.to_thread.run_sync(_seal, fetch, row)
             renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
             placed = True
-            self.journal.fetched(row, os.fstat(fetch.fd), md5)
+            self.journal.fetched(row, os.fstat(fetch.fd), md5, changed=fetch.modified)
             if self.on_fetched is not None:
                 self.on_fetched(fetch.size)
         except Exception as exc:  # whatever it is, this file fails; the mount goes on
@@ -218,24 +242,27 @@ class Fetcher:
 def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:
     """Decrypted bytes at `offset` of the temporary file; reads waiting for them go on.
     Runs in a worker thread started by trio."""
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fetch.fd, data[done:], offset + done)
-    fetch.arrived(offset, offset + len(data))
+    fetch.download_write(data, offset)
     trio.from_thread.run_sync(fetch.wake)
 
 
 def _seal(fetch: Fetch, row: Row) -> str:
-    """Verify the download, give it the remote's attributes, fsync it. Blocks."""
-    digest = hashlib.md5()
-    offset = 0
-    while chunk := os.pread(fetch.fd, 1 << 20, offset):
-        digest.update(chunk)
-        offset += len(chunk)
+    """Verify the download, give it the remote's attributes, fsync it. Blocks.
+
+    A file written through the mount while it streamed in holds more than the download:
+    its MD5 is no check of the transfer then, and its mtime is the writes' own."""
+    with fetch.lock:  # no write through the mount while the file is hashed
+        digest = hashlib.md5()
+        offset = 0
+        while chunk := os.pread(fetch.fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        modified = fetch.modified
     md5 = digest.hexdigest()
-    if offset != fetch.size:
+    if offset != fetch.size and not (modified and offset >= fetch.size):
         raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
-    if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"]:
+    if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"] \
+            and not modified:
         raise FetchFailed("downloaded data does not match its MD5")  # (decrypting checked)
     if os.geteuid() == 0:
         uid, gid = local_ids(remote_owner(row))
@@ -243,7 +270,32 @@ def _seal(fetch: Fetch, row: Row) -> str:
             os.fchown(fetch.fd, -1 if uid is None else uid, -1 if gid is None else gid)
     os.fchmod(fetch.fd, (row["remote_mode"] or 0o644) & 0o7777 & ~SPECIAL_BITS)
     mtime_ns = remote_mtime_ns(row)
-    if mtime_ns is not None:
+    if mtime_ns is not None and not modified:
         os.utime(fetch.fd, ns=(mtime_ns, mtime_ns))
     os.fsync(fetch.fd)
     return md5
+
+
+def _merged(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """`ranges` (sorted, disjoint) with [start, end) added."""
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted([*ranges, (start, end)]):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def _gaps(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The parts of [start, end) that none of `ranges` (sorted, disjoint) covers."""
+    gaps: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if e <= start or s >= end:
+            continue
+        if s > start:
+            gaps.append((start, s))
+        start = max(start, e)
+    if start < end:
+        gaps.append((start, end))
+    return gaps

@@ -15,6 +15,7 @@ from fusesync.index import Index, Row
 from fusesync.sync import base as columns
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import plan_push
+from fusesync.sync.remote_scan import REMOTE_COLUMNS
 
 _UNDER = "path = ? OR (path > ? AND path < ?)"
 
@@ -45,18 +46,50 @@ class Journal:
             self.index.update_where(_UNDER, _under(path), dirty=self.seq)
 
     def move_tree(self, src: str, dst: str) -> None:
-        """A rename: every row at or below `src` now also stands at `dst`, both dirty.
+        """A rename: every row at or below `src` now also stands at `dst`.
 
-        The rows at `src` keep their base and remote state, so push deletes the old
-        objects; the rows at `dst` start empty and are filled in by push's detect step.
+        What is local moved in the tree: the rows at `src` keep their base and remote
+        state, so push deletes the old objects, and the rows at `dst` start empty and
+        dirty, filled in by push's detect step. A remote-only entry moves without a byte
+        downloaded: its row at `dst` shows the same remote state and points at the old
+        object (remote_from) until push copies it over on the server; the old row stays
+        dirty, hidden, with no base, so nothing deletes its object before that copy.
         """
         with self.index.transaction():
-            moved = [src, *(row["path"] for row in self.index.descendants(src))]
+            rows = [r for r in (self.index.get(src), *self.index.descendants(src)) if r]
+            moving = [r for r in rows if is_remote_only(r)]
+            remote_only = {r["path"] for r in moving}
+            local = dict.fromkeys(p for p in (src, *(r["path"] for r in rows))
+                                  if p not in remote_only)
             self.index.update_where(_UNDER, _under(src), dirty=self.seq)
             self.index.update_where(_UNDER, _under(dst), dirty=self.seq)
             self.index.upsert_many(
-                ("dirty",), ((dst + path[len(src):], self.seq) for path in moved)
+                ("dirty",), ((dst + path[len(src):], self.seq) for path in local)
             )
+            for row in moving:
+                self._move_remote_only(row, dst + row["path"][len(src):])
+
+    def _move_remote_only(self, row: Row, to: str) -> None:
+        path = row["path"]
+        self.index.upsert(to, **columns.NO_BASE, **columns.NO_LOCAL,
+                          **{name: row[name] for name in REMOTE_COLUMNS},
+                          remote_from=row["remote_from"] or path, dirty=0)
+        if row["remote_from"]:  # moved before and never pushed: nothing stands at `path`
+            self.index.delete(path)
+        else:
+            self.index.upsert(path, **columns.NO_BASE, dirty=self.seq)
+
+    def moves(self) -> list[Row]:
+        """Rows whose object still sits at an old path (remote_from), parents first."""
+        return list(self.index.rows("remote_from IS NOT NULL"))
+
+    def moved(self, row: Row, etag: str | None) -> None:
+        """Push copied `row`'s object from its old path and deleted it there."""
+        with self.index.transaction():
+            self.index.upsert(row["path"], remote_etag=etag, remote_from=None)
+            source = self.index.get(row["remote_from"])
+            if source is not None and source["dirty"] and source["local_kind"] is None:
+                self.index.upsert(source["path"], **columns.NO_REMOTE, dirty=0)
 
     def exchange_trees(self, first: str, second: str) -> None:
         """RENAME_EXCHANGE: both trees changed, and each now stands at the other's path."""
@@ -117,19 +150,40 @@ class Journal:
 
     def adopt_remote(self, path: str) -> None:
         """The user replaced or removed a remote-only entry: record the remote version as
-        the base (as if it had been pulled), so push deletes or overwrites exactly it."""
-        row = self.index.get(path)
+        the base (as if it had been pulled), so push deletes or overwrites exactly it.
+        For a moved entry that is the object at its old path; nothing stands at `path`."""
         with self.index.transaction():
-            if row is not None and row["remote_kind"] is not None and row["base_kind"] is None:
-                self.index.upsert(path, **columns.remote_as_local_base(row))
-            self.index.upsert(path, dirty=self.seq)
+            self._adopt(path)
 
-    def fetched(self, row: Row, st: os.stat_result, md5: str | None) -> None:
-        """A remote-only entry now stands in the tree as the remote has it: its base."""
+    def _adopt(self, path: str) -> None:
+        row = self.index.get(path)
+        if row is not None and row["remote_from"]:
+            self.index.upsert(path, **columns.NO_REMOTE, remote_from=None, dirty=self.seq)
+            path = row["remote_from"]
+            row = self.index.get(path)
+        if row is not None and row["remote_kind"] is not None and row["base_kind"] is None:
+            self.index.upsert(path, **columns.remote_as_local_base(row))
+        self.index.upsert(path, dirty=self.seq)
+
+    def fetched(self, row: Row, st: os.stat_result, md5: str | None,
+                changed: bool = False) -> None:
+        """A remote-only entry now stands in the tree as the remote has it: its base.
+        A moved one is new at its path (push uploads it) and gone at its old one; one
+        `changed` while it streamed in has the remote version as its base, and is dirty."""
         path = row["path"]
         kind = Kind(row["remote_kind"])
+        if row["remote_from"]:
+            with self.index.transaction():
+                local = columns.local_from_stat(st, kind, md5, row["remote_target"])
+                self.index.upsert(path, **local, **columns.NO_BASE, **columns.NO_REMOTE,
+                                  remote_from=None, dirty=self.seq)
+                self._adopt(row["remote_from"])
+            return
         with self.index.transaction():
             self.index.upsert(path, **columns.local_from_stat(st, kind, md5, row["remote_target"]))
+            if changed:
+                self.index.upsert(path, **columns.remote_as_local_base(row), dirty=self.seq)
+                return
             fresh = self.index.require(path)
             self.index.upsert(path, **columns.local_base(fresh), **columns.remote_base(row))
 
@@ -140,4 +194,9 @@ class Journal:
 
 def is_remote_entry(row: Row) -> bool:
     return row["remote_kind"] is not None and not row["dirty"]
+
+
+def is_remote_only(row: Row) -> bool:
+    """Shown from the index alone: nothing local was seen at its path."""
+    return is_remote_entry(row) and row["local_kind"] is None
 

@@ -18,8 +18,8 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import SafetyStop
-from fusesync.fs import output
+from fusesync.errors import FusesyncError, SafetyStop
+from fusesync.fs import moves, output
 from fusesync.fs.journal import Journal, is_remote_entry
 from fusesync.fs.overlay import Overlay
 from fusesync.index import Index, Row
@@ -108,6 +108,8 @@ class MountService:
 
     async def push(self, dry_run: bool, max_delete: float) -> Report:
         report = Report("push", dry_run=dry_run)
+        if not dry_run:
+            await self.carry_moves(report)
         upto = self.journal.snapshot()
         rows = self.journal.dirty_rows(upto)
         skipped = await self.detect(rows)
@@ -137,11 +139,22 @@ class MountService:
         self.index.prune()
         return report.done()
 
+    async def carry_moves_alone(self) -> None:
+        """carry_moves as a run of its own (at unmount), never beside a forwarded one."""
+        async with self._busy:
+            await self.carry_moves(Report("push"))
+
+    async def carry_moves(self, report: Report) -> None:
+        """Copy on the server what renames moved as rows only (moves.py); first thing in
+        every run that looks at the remote, so no listing sees a half-carried rename."""
+        await moves.carry_moves(self.journal, self.remote, self.target, report,
+                                DEFAULT_CONCURRENCY)
+
     def _settle_journal(self, path: str, upto: int) -> None:
         """Clear the mark of a path push has carried; keep it where work is left."""
         row = self.index.get(path)
-        if row is None:
-            return
+        if row is None or self.index.count("remote_from = ?", (path,)):
+            return  # the old path of a move not carried yet: stays hidden
         action = plan_push(row, remote_listed=False)
         if action is not None and action.op == Op.KEEP_REMOTE:
             self.index.upsert(path, **columns.NO_BASE)  # the remote copy stays: show it
@@ -153,6 +166,7 @@ class MountService:
 
     async def pull(self, dry_run: bool, max_delete: float) -> Report:
         report = Report("pull", dry_run=dry_run)
+        await self._moves_carried(report)
         listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
@@ -219,7 +233,18 @@ class MountService:
 
     # -- status ------------------------------------------------------------------------
 
+    async def _moves_carried(self, report: Report) -> None:
+        """Carry pending moves, or stop: a listing would drop the entries still waiting."""
+        await self.carry_moves(report)
+        waiting = self.index.count("remote_from IS NOT NULL")
+        if waiting:
+            problems = "; ".join(f"{p}: {why}" for p, why in [*report.conflicts, *report.skipped])
+            raise FusesyncError(f"{waiting} renamed remote-only entries could not be copied "
+                                f"to their new paths on the remote ({problems}); nothing else "
+                                "was done")
+
     async def status(self) -> Status:
+        await self._moves_carried(Report("status"))
         listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
         skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
         result = Status(skipped=[*listing.skipped, *skipped])

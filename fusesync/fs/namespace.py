@@ -1,8 +1,10 @@
 """The overlay's namespace changes: create, mkdir, symlink, unlink, rmdir, rename.
 
 Each is a plain change of the underlying directory plus a journal mark, made in the same
-step; a rename moves the journal rows of a whole directory and fetches what was still
-remote-only below it first. Errors are OSError with the errno POSIX names. No pyfuse3.
+step. A rename moves the rows of a whole directory in one transaction: what is remote-only
+below it moves as rows pointing at the old objects (push copies them on the server), with
+no download, except what no server-side copy can carry (encrypted, or over COPY_LIMIT).
+Errors are OSError with the errno POSIX names. No pyfuse3.
 """
 
 from __future__ import annotations
@@ -134,6 +136,19 @@ class Namespace(View):
         self.journal.mark_tree(path)
         self.inodes.detach(parent, node.name)
 
+    def _remove_local(self, node: Node) -> None:
+        """Remove what stands at `node` in the tree (an empty dir or a non-dir), if any."""
+        st = self._lstat(node)
+        dir_fd = self.dirs.get(node.parent) if node.parent is not None else None
+        if st is None or dir_fd is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._remove_leftovers(node)
+            self.dirs.drop(node)
+            os.rmdir(node.name, dir_fd=dir_fd)
+        else:
+            os.unlink(node.name, dir_fd=dir_fd)
+
     def _remove_leftovers(self, node: Node) -> None:
         """Temporary files of interrupted fetches: invisible, but they keep a dir busy."""
         fd = self.dirs.get(node)
@@ -166,10 +181,13 @@ class Namespace(View):
             raise fail(errno.EEXIST, dst.path)
         if flags & RENAME_EXCHANGE and dst_kind is None:
             raise fail(errno.ENOENT, dst.path)
-        await self.materialize_tree(src)
         if flags & RENAME_EXCHANGE:
+            await self.materialize_tree(src)
             await self.materialize_tree(dst)
-        elif dst_kind is not None:
+        else:
+            await self.settle(src)
+            await self.fetch_uncopyable(src)  # the rest moves without a download
+        if dst_kind is not None and not flags & RENAME_EXCHANGE:
             if dst_kind == Kind.DIR and src_kind != Kind.DIR:
                 raise fail(errno.EISDIR, dst.path)
             if dst_kind != Kind.DIR and src_kind == Kind.DIR:
@@ -181,12 +199,15 @@ class Namespace(View):
             await self.settle(dst)
             if self._remote_only(dst) is not None:
                 self.journal.adopt_remote(dst.path)
-        src_fd = self.local_dir(old_parent)  # fetched again: awaits may have closed one
-        dst_fd = self.local_dir(new_parent)
         src_path, dst_path = src.path, dst.path
-        if dst_kind == Kind.DIR and not flags & RENAME_EXCHANGE:
-            self._remove_leftovers(dst)
-        renameat2(src_fd, old, dst_fd, new, flags & (RENAME_NOREPLACE | RENAME_EXCHANGE))
+        if flags & RENAME_EXCHANGE or self._lstat(src) is not None:
+            src_fd = self.local_dir(old_parent)  # fetched again: awaits may have closed one
+            dst_fd = self.local_dir(new_parent)
+            if dst_kind == Kind.DIR and not flags & RENAME_EXCHANGE:
+                self._remove_leftovers(dst)
+            renameat2(src_fd, old, dst_fd, new, flags & (RENAME_NOREPLACE | RENAME_EXCHANGE))
+        else:  # remote-only: only its rows move; what stood at dst locally goes
+            self._remove_local(dst)
         if flags & RENAME_EXCHANGE:
             self.journal.exchange_trees(src_path, dst_path)
             self.inodes.exchange(old_parent, old, new_parent, new)

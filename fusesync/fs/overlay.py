@@ -1,9 +1,10 @@
 """The overlay core: the union tree (view.py, namespace.py) plus contents and attributes.
 
-Opening a remote-only file starts its fetch; a read-only handle streams from it, a
-writable one waits for the whole file. Writes, truncates, chmod, chown, utimens and
-xattr changes go to the underlying file and mark its row in the journal in the same
-step. No pyfuse3 here: the adapter converts requests and errors.
+Opening a remote-only file starts its fetch and every handle streams from it: a read
+waits only for its own range, a write lands at once and the download never overwrites
+it (fetch.py), fsync waits for the file to be in place. Writes, truncates, chmod, chown,
+utimens and xattr changes go to the underlying file and mark its row in the journal in
+the same step. No pyfuse3 here: the adapter converts requests and errors.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 
 from fusesync.fs.attrs import Attr, Caller, Changes
 from fusesync.fs.dirs import proc_path
+from fusesync.fs.fetch import Fetch
 from fusesync.fs.handles import Handle
 from fusesync.fs.namespace import Namespace
 from fusesync.fs.nodes import ROOT_INODE, Node
@@ -27,6 +29,17 @@ XATTR_NAMESPACE = "user."
 
 def _writable(flags: int) -> bool:
     return flags & os.O_ACCMODE != os.O_RDONLY
+
+
+def _settled(handle: Handle) -> Fetch | None:
+    """The fetch `handle` still depends on; forgotten once it has placed the file. A
+    failed one stays, so its error reaches every later request on the handle."""
+    fetch = handle.fetch
+    if fetch is not None and fetch.done.is_set():
+        if fetch.error is not None:
+            raise fetch.error
+        handle.fetch = fetch = None
+    return fetch
 
 
 class Overlay(Namespace):
@@ -62,13 +75,7 @@ class Overlay(Namespace):
             if row is None:
                 raise fail(errno.ENOENT, node.path)
             fetch = self.start_fetch(node, row)
-        if not _writable(flags):
-            return self.handles.add(Handle(node, os.dup(fetch.fd), False, fetch))
-        await fetch.wait()
-        fd = self._open_local(node, flags)
-        if fd is None:
-            raise fail(errno.ENOENT, node.path)
-        return self._handle(node, fd, flags)
+        return self.handles.add(Handle(node, os.dup(fetch.fd), _writable(flags), fetch))
 
     def _handle(self, node: Node, fd: int, flags: int) -> int:
         return self.handles.add(Handle(node, fd, _writable(flags)))
@@ -103,8 +110,7 @@ class Overlay(Namespace):
         handle = self.handles.get(fh)
         if handle.fetch is not None:
             await handle.fetch.wait_range(offset, offset + size)
-            if handle.fetch.done.is_set() and handle.fetch.error is None:
-                handle.fetch = None
+            _settled(handle)
         return os.pread(handle.fd, size, offset)
 
     def _touched(self, handle: Handle) -> None:
@@ -115,15 +121,23 @@ class Overlay(Namespace):
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles.get(fh)
+        fetch = _settled(handle)
+        if fetch is not None:  # still streaming in: the fetch marks the journal once placed
+            return fetch.write(data, offset)
         written = os.pwrite(handle.fd, data, offset)
         self._touched(handle)
         return written
 
     def flush(self, fh: int) -> None:
-        self.handles.get(fh)  # data is in the underlying file already; nothing is buffered
+        handle = self.handles.get(fh)  # data is in the underlying file; nothing is buffered
+        if handle.fetch is not None and handle.fetch.error is not None and handle.fetch.modified:
+            raise handle.fetch.error  # what was written while it streamed in is lost
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles.get(fh)
+        if handle.fetch is not None and handle.writable:
+            await handle.fetch.wait()  # durable only once renamed into place
+            handle.fetch = None
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
 
     def release(self, fh: int) -> None:
@@ -163,6 +177,8 @@ class Overlay(Namespace):
         if row is None or row["remote_kind"] != "file":
             return
         await self.settle(node)
+        if self._remote_only(node) is None:
+            return  # a fetch in flight placed it meanwhile: O_TRUNC truncates that
         assert node.parent is not None
         dir_fd = self.local_dir(node.parent)
         fd = os.open(node.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

@@ -22,6 +22,7 @@ from fusesync.fs.handles import DirHandle, Handles
 from fusesync.fs.journal import Journal
 from fusesync.fs.nodes import ROOT_INODE, Detached, InodeTable, Node
 from fusesync.index import Row
+from fusesync.remote.base import COPY_LIMIT
 from fusesync.sync.localfs import TMP_MARK, local_ids
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import SPECIAL_BITS, Kind
@@ -112,7 +113,14 @@ class View:
         row = self._remote(node)
         if row is None:
             raise fail(errno.ENOENT, node.path)
-        return Attr.from_remote(node.inode, row)
+        attr = Attr.from_remote(node.inode, row)
+        fetch = self.fetcher.active.get(node) if self.fetcher else None
+        if fetch is not None and fetch.modified:  # written while it streams in
+            st = os.fstat(fetch.fd)
+            size = max(st.st_size, fetch.size)
+            attr = dataclasses.replace(attr, size=size, blocks=st.st_blocks,
+                                       mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return attr
 
     def _kind(self, node: Node) -> Kind | None:
         st = self._lstat(node)
@@ -296,14 +304,29 @@ class View:
         return self.fetcher.start(node, row, parent_fd, node.name)
 
     async def materialize_tree(self, node: Node) -> None:
-        """Make `node` and every remote-only entry below it local (before a rename)."""
+        """Make `node` and every remote-only entry below it local (before an exchange)."""
         await self.materialize(node)
+        await self._materialize_below(node, "1")
+
+    async def fetch_uncopyable(self, node: Node) -> None:
+        """Fetch the remote-only files at or below `node` that no server-side copy can
+        move (encrypted: their path is sealed in; or larger than one copy takes)."""
+        uncopyable = "remote_enc IS NOT NULL OR coalesce(remote_size, 0) > ?"
+        row = self._remote_only(node)
+        if row is not None and row["remote_kind"] == Kind.FILE and (
+            row["remote_enc"] or (row["remote_size"] or 0) > COPY_LIMIT
+        ):
+            await self.materialize(node)
+        await self._materialize_below(node, uncopyable, (COPY_LIMIT,))
+
+    async def _materialize_below(self, node: Node, where: str,
+                                 params: tuple[object, ...] = ()) -> None:
         if self._kind(node) != Kind.DIR:
             return  # a file stands here: remote entries "below" it are not part of the view
         base = node.path
         rows = self.journal.index.rows(
-            "path > ? AND path < ? AND remote_kind IS NOT NULL AND dirty = 0",
-            (base + "/", base + "0"),
+            f"path > ? AND path < ? AND remote_kind IS NOT NULL AND dirty = 0 AND ({where})",
+            (base + "/", base + "0", *params),
         )
         made: list[Node] = []
         for row in list(rows):
