@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-import urllib3
 from awscrt import auth as crt_auth
 from awscrt import http as crt_http
 from awscrt import io as crt_io
@@ -40,7 +39,7 @@ from fusesync.remote.signed import error_response
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: urllib3.HTTPHeaderDict  # case-insensitive: stores differ in "ETag" / "Etag"
+    headers: dict[str, str]  # names in lower case: stores differ in "ETag" / "Etag"
     body: bytes
 
 
@@ -150,9 +149,7 @@ class CrtClient:
             pending.finished_future.result()
         except crt_s3.S3ResponseError as exc:
             raise ClientError(
-                error_response(
-                    exc.status_code, urllib3.HTTPHeaderDict(exc.headers or ()), exc.body or b""
-                ),
+                error_response(exc.status_code, _lower(exc.headers), exc.body or b""),
                 operation,
             ) from None
         except AwsCrtError as exc:
@@ -165,6 +162,10 @@ class CrtClient:
             ) from exc
         return Reply(
             answer.get("status", 0),
-            urllib3.HTTPHeaderDict(answer.get("headers") or ()),
+            _lower(answer.get("headers")),
             b"".join(chunks),
         )
+
+
+def _lower(headers: Sequence[tuple[str, str]] | None) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers or ()}

@@ -367,7 +367,7 @@ class S3Remote:
                 )
             except RemoteNotFound:
                 return None
-            return reply.body, unquote_etag(reply.headers.get("ETag"))
+            return reply.body, unquote_etag(reply.headers.get("etag"))
 
         def fetch() -> tuple[bytes, str]:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
@@ -421,7 +421,7 @@ class S3Remote:
             reply = await self._send(
                 self._crt, "PUT", key, "PutObject", headers=headers_of(args), body=data
             )
-            return unquote_etag(reply.headers.get("ETag"))
+            return unquote_etag(reply.headers.get("etag"))
         resp = await self._s3(
             "put_object", key, Body=data, ContentMD5=b64(hashlib.md5(data).digest()), **args
         )
@@ -489,7 +489,7 @@ class S3Remote:
                                  headers=headers, send_path=os.fspath(path))
         if progress:
             progress(size)
-        return unquote_etag(reply.headers.get("ETag"))
+        return unquote_etag(reply.headers.get("etag"))
 
     async def _abort(self, key: str, upload_id: str) -> bool:
         """Abort one multipart upload, even while being cancelled; False if it was gone."""

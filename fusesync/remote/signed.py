@@ -246,14 +246,15 @@ def headers_of(kw: Mapping[str, Any]) -> dict[str, str]:
 
 
 def object_shape(h: Mapping[str, str]) -> dict[str, Any]:
-    """HEAD or GET answer headers (a case-insensitive mapping) in boto3's shape."""
-    modified = h.get("Last-Modified")
+    """HEAD or GET answer headers in boto3's shape; `h` answers lower-case names (a
+    case-insensitive mapping, or one whose names are lower case)."""
+    modified = h.get("last-modified")
     return {
-        "ETag": h.get("ETag", ""),
-        "ContentLength": int(h.get("Content-Length", 0)),
+        "ETag": h.get("etag", ""),
+        "ContentLength": int(h.get("content-length", 0)),
         "LastModified": email.utils.parsedate_to_datetime(modified) if modified
         else datetime.now(UTC),
-        "ContentType": h.get("Content-Type"),
+        "ContentType": h.get("content-type"),
         "Metadata": {k[len(_META):].lower(): v for k, v in h.items()
                      if k.lower().startswith(_META)},
     }
