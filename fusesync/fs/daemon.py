@@ -68,6 +68,13 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
     (before `ready` is called) when the mount cannot start."""
     os.umask(0o077)
     os.chdir("/")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise FusesyncError("this user cannot open /dev/fuse, which every FUSE mount needs "
+                            "(most systems make it 0666; here it is not)")
+    if options.allow_other and os.geteuid() != 0 and not fuse_conf_allows_other():
+        raise FusesyncError(
+            "--allow-other needs 'user_allow_other' in /etc/fuse.conf for a user other than "
+            "root: ask an administrator to add that line, or mount without --allow-other")
     with ExitStack() as stack:
         lock = TargetLock(target.state_dir, target.name, "mount")
         try:
@@ -89,6 +96,15 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         log.info("mounting '%s' at %s", target.name, target.path)
         trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
         log.info("unmounted '%s'", target.name)
+
+
+def fuse_conf_allows_other(conf: Path = Path("/etc/fuse.conf")) -> bool:
+    """Whether fusermount3 lets users other than root mount with allow_other."""
+    try:
+        lines = conf.read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines)
 
 
 def _clean_stale(path: Path, say: Say) -> None:
