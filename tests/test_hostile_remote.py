@@ -55,3 +55,29 @@ def test_hostile_keys_are_skipped_and_reported(fusesync_env, tmp_path: Path) -> 
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
     assert written == sorted(["good.txt", LONG_OK])
     assert not any(os.path.lexists(home.parent / name) for name in ("escape", "up", "abs"))
+
+
+def test_a_stalled_download_fails_the_pull_with_a_clear_line(
+    fusesync_env, tmp_path: Path, monkeypatch
+) -> None:
+    """A store that sends headers and then nothing: the pull gives up after the idle
+    timeout with one line, keeps what landed, and leaves no partial file."""
+    from fusesync.remote.crt import CrtClient
+
+    monkeypatch.setattr(CrtClient, "idle_timeout", 1.0)
+    objects = {PREFIX + f"f{i}": b"fine %d" % i for i in range(5)}
+    objects[PREFIX + "stuck"] = b"never arrives"
+    stub = HostileS3("stalling-bucket", objects, stalled=frozenset({PREFIX + "stuck"}))
+    home = fusesync_env.home
+    runner = CliRunner()
+    with stub.running():
+        setup = ["setup", "--bucket", "stalling-bucket", "--endpoint-url", stub.endpoint_url,
+                 "--addressing-style", "path"]
+        assert runner.invoke(cli, setup).exit_code == 0
+        result = runner.invoke(cli, ["pull"], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("fusesync pull: cannot reach") and "Read timeout" in last
+    assert last.endswith("/stuck\"")
+    assert not (home / "stuck").exists()
+    assert not [p for p in home.rglob("*") if ".fusesync-tmp-" in p.name]

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import io
 import os
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ from awscrt import http as crt_http
 from awscrt import io as crt_io
 from awscrt import s3 as crt_s3
 from awscrt.exceptions import AwsCrtError
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from fusesync.errors import SourceChanged
 from fusesync.remote.signed import error_response
@@ -45,6 +51,10 @@ class Reply:
 
 class CrtClient:
     """The CRT's S3 client for one endpoint; `send` is safe from any trio task."""
+
+    idle_timeout = 60.0
+    """Seconds a request may go without a byte either way before it is given up (as
+    boto3's read timeout); the CRT retries failed requests, but a stalled one waits."""
 
     def __init__(
         self,
@@ -72,6 +82,7 @@ class CrtClient:
             ),
             tls_mode=crt_s3.S3RequestTlsMode.ENABLED if tls else crt_s3.S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options,
+            connect_timeout_ms=5000,  # as boto3 is configured
             # Connections are the CRT's to pool; it opens about this many for small requests.
             throughput_target_gbps=max(1.0, max_connections / 4),
         )
@@ -114,6 +125,7 @@ class CrtClient:
         chunks: list[bytes] = []
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
+        moved = [time.monotonic()]  # when a byte last went either way
 
         def on_headers(status_code: int, headers: Sequence[tuple[str, str]], **_: Any) -> None:
             answer["status"] = status_code
@@ -121,6 +133,10 @@ class CrtClient:
 
         def on_body(chunk: bytes, **_: Any) -> None:
             chunks.append(bytes(chunk))
+            moved[0] = time.monotonic()
+
+        def on_progress(progress: int) -> None:
+            moved[0] = time.monotonic()
 
         def on_done(**_: Any) -> None:
             with contextlib.suppress(trio.RunFinishedError):  # the run was torn down
@@ -135,13 +151,21 @@ class CrtClient:
                 on_headers=on_headers,
                 on_body=on_body,
                 on_done=on_done,
+                on_progress=on_progress,
             )
         except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
             if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
                 raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
             raise
         try:
-            await done.wait()
+            while not done.is_set():
+                with trio.move_on_after(self.idle_timeout):
+                    await done.wait()
+                if not done.is_set() and time.monotonic() - moved[0] >= self.idle_timeout:
+                    raise ReadTimeoutError(
+                        endpoint_url=f"{host}{target}",
+                        error=f"nothing moved for {self.idle_timeout:g} s",
+                    )
         except BaseException:
             pending.cancel()
             raise

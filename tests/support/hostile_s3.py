@@ -1,8 +1,9 @@
 """A deliberately hostile S3 stub: it lists keys no real server would store.
 
-Only for what SeaweedFS cannot be made to do (keys with '..', NUL, empty components).
-It speaks just enough S3 for a pull: ListObjectsV2 (url-encoded keys), HEAD and GET of
-objects, HEAD of the bucket. It listens on 127.0.0.1 only and checks no signature.
+Only for what SeaweedFS cannot be made to do (keys with '..', NUL, empty components; an
+object whose GET never answers). It speaks just enough S3 for a pull: ListObjectsV2
+(url-encoded keys), HEAD and GET of objects, HEAD of the bucket. It listens on 127.0.0.1
+only and checks no signature.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from xml.sax.saxutils import escape
 
 
 class HostileS3:
-    def __init__(self, bucket: str, objects: dict[str, bytes]) -> None:
+    def __init__(self, bucket: str, objects: dict[str, bytes],
+                 stalled: frozenset[str] = frozenset()) -> None:
+        """`stalled`: keys whose GET sends headers, then nothing, until the stub stops."""
         self.bucket = bucket
         self.objects = objects
+        self.stalled = stalled
+        self._stopping = threading.Event()
         self.requests: list[str] = []
         stub = self
 
@@ -83,6 +88,13 @@ class HostileS3:
                     "Last-Modified": formatdate(1767225600, usegmt=True),
                     "Content-Type": "application/octet-stream",
                 }
+                if send_body and key in stub.stalled:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.flush()
+                    stub._stopping.wait()
+                    return
                 self._send(200, data, headers, send_body)
 
             def _send(self, code: int, body: bytes, headers: dict[str, str],
@@ -105,6 +117,7 @@ class HostileS3:
         try:
             yield self
         finally:
+            self._stopping.set()
             self.server.shutdown()
             self.server.server_close()
             thread.join()
