@@ -51,11 +51,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: SeaweedServer) -> Iterat
     yield
 
 
-@pytest.fixture(params=["s3", "faulty"])
+@pytest.fixture(params=["s3", "boto3", "faulty"])
 def make_remote(
-    request: pytest.FixtureRequest, aws_env: None, s3_server: SeaweedServer
+    request: pytest.FixtureRequest, aws_env: None, s3_server: SeaweedServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[MakeRemote]:
-    """Build a Remote of this run's kind, with small transfer sizes so tests stay quick."""
+    """Build a Remote of this run's kind, with small transfer sizes so tests stay quick:
+    the light path (the CRT and the signed urllib3 pool), boto3 alone (as behind a proxy
+    or with FUSESYNC_FAST_PATH=0), or the light path under FaultyRemote."""
+    if request.param == "boto3":
+        monkeypatch.setenv("FUSESYNC_FAST_PATH", "0")
     made: list[S3Remote] = []
 
     def make(bucket: str, endpoint_url: str | None = None) -> Remote:
@@ -70,7 +75,7 @@ def make_remote(
         s3.multipart_threshold = 6 * MiB
         s3.part_size = 5 * MiB
         made.append(s3)
-        return s3 if request.param == "s3" else FaultyRemote(s3)
+        return FaultyRemote(s3) if request.param == "faulty" else s3
 
     yield make
     for s3 in made:
