@@ -39,7 +39,7 @@ from botocore.exceptions import (
 )
 
 from fusesync.errors import SourceChanged
-from fusesync.remote.signed import error_response
+from fusesync.remote.shapes import error_response
 
 
 @dataclass(frozen=True, slots=True)

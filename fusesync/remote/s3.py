@@ -43,13 +43,8 @@ from fusesync.errors import (
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
 from fusesync.remote.crt import CrtClient, Reply
-from fusesync.remote.signed import (
-    FastClient,
-    fast_path_allowed,
-    headers_of,
-    object_shape,
-    uses_path_style,
-)
+from fusesync.remote.shapes import headers_of, list_query, list_shape, object_shape
+from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
 from fusesync.remote.transfer import (
     Link,
     abort_upload,
@@ -269,16 +264,17 @@ class S3Remote:
         self,
         crt: CrtClient,
         method: str,
-        key: str,
+        key: str | None,
         operation: str,
         *,
         digest_sent: bool = False,
         **kwargs: Any,
     ) -> Reply:
-        """One request through the CRT under the limiter, its errors translated."""
+        """One request through the CRT under the limiter, its errors translated; `key`
+        None for a request on the bucket itself."""
         async with self._limiter:
             try:
-                return await crt.send(method, self.bucket, key, operation, **kwargs)
+                return await crt.send(method, self.bucket, key or "", operation, **kwargs)
             except (BotoCoreError, ClientError) as exc:
                 raise self._translate(exc, operation, key, digest_sent) from exc
 
@@ -304,7 +300,10 @@ class S3Remote:
 
     async def bucket_exists(self) -> bool:
         try:
-            await self._s3("head_bucket")
+            if self._crt is not None:
+                await self._send(self._crt, "HEAD", None, "HeadBucket")
+            else:
+                await self._s3("head_bucket")
         except BucketNotFound:
             return False
         return True
@@ -329,7 +328,12 @@ class S3Remote:
         """ListObjectsV2, one blocking request per page of `list_page_size` keys."""
         args: dict[str, Any] = {"Prefix": prefix, "MaxKeys": self.list_page_size}
         while True:
-            page = await self._s3("list_objects_v2", **args)
+            if self._crt is not None:
+                query = list_query(prefix, self.list_page_size, args.get("ContinuationToken"))
+                reply = await self._send(self._crt, "GET", None, "ListObjectsV2", query=query)
+                page = list_shape(reply.body)
+            else:
+                page = await self._s3("list_objects_v2", **args)
             for obj in page.get("Contents", ()):
                 yield Listed(
                     str(obj["Key"]),

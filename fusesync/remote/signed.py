@@ -6,14 +6,15 @@ connection costs about a third of that, and a sync moves thousands of small obje
 body that carries its Content-MD5 (or travels over TLS) is signed as UNSIGNED-PAYLOAD, as
 boto3 does over TLS: the store then checks the MD5 and skips a SHA-256 of its own, which
 cost SeaweedFS a quarter of its CPU on a push of small files.
-`FastClient` answers put/head/get/delete of one object in boto3's own shapes and raises
-boto3's own exceptions, so callers and the one error translator see no difference; any
-other call goes to boto3. Blocking: call from worker threads.
+`FastClient` answers put/head/get/delete of one object and listings in boto3's own shapes
+(`shapes.py`) and raises boto3's own exceptions, so callers and the one error translator
+see no difference; any other call goes to boto3. urllib3 is loaded with the first request
+that comes here: most runs send everything through the CRT. Blocking: call from worker
+threads.
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import ipaddress
 import os
@@ -21,20 +22,27 @@ import random
 import threading
 import time
 import urllib.parse
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import urllib3
 from awscrt import auth as crt_auth
 from awscrt import http as crt_http
 from awscrt.exceptions import AwsCrtError
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from fusesync.remote.shapes import (
+    error_response,
+    headers_of,
+    list_query,
+    list_shape,
+    object_shape,
+)
+
+if TYPE_CHECKING:
+    import urllib3
+
 _RETRY_STATUS = {500, 502, 503, 504}
 _ATTEMPTS = 4  # as boto3 is configured (standard mode, 4 attempts)
-_META = "x-amz-meta-"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -97,11 +105,8 @@ class FastClient:
         self._scheme_host = f"{endpoint.scheme}://{endpoint.netloc}"
         self._tls = endpoint.scheme == "https"
         self._path_style = path_style
-        self._pool = urllib3.PoolManager(
-            maxsize=pool_size, block=True, retries=False,
-            timeout=urllib3.Timeout(connect=5, read=60),
-            ca_certs=os.environ.get("AWS_CA_BUNDLE") or None,  # as boto3 would
-        )
+        self._pool_size = pool_size
+        self._pool: urllib3.PoolManager | None = None
 
     def __getattr__(self, name: str) -> Any:
         """Every other call goes to boto3's client, built the first time one is made."""
@@ -114,8 +119,21 @@ class FastClient:
                 self._client = self._make_client()
         return self._client
 
+    def _http(self) -> urllib3.PoolManager:
+        with self._making:
+            if self._pool is None:
+                import urllib3
+
+                self._pool = urllib3.PoolManager(
+                    maxsize=self._pool_size, block=True, retries=False,
+                    timeout=urllib3.Timeout(connect=5, read=60),
+                    ca_certs=os.environ.get("AWS_CA_BUNDLE") or None,  # as boto3 would
+                )
+        return self._pool
+
     def close(self) -> None:
-        self._pool.clear()
+        if self._pool is not None:
+            self._pool.clear()
         if self._client is not None:
             self._client.close()
 
@@ -142,14 +160,10 @@ class FastClient:
 
     def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
                         ContinuationToken: str | None = None) -> dict[str, Any]:
-        """One page of ListObjectsV2; keys come url-encoded, so any byte survives XML."""
-        query = {"list-type": "2", "encoding-type": "url", "prefix": Prefix,
-                 "max-keys": str(MaxKeys)}
-        if ContinuationToken:
-            query["continuation-token"] = ContinuationToken
-        encoded = urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
-        reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {}, query=encoded)
-        return _list_shape(reply.data)
+        """One page of ListObjectsV2."""
+        query = list_query(Prefix, MaxKeys, ContinuationToken)
+        reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {}, query=query)
+        return list_shape(reply.data)
 
     def delete_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
         self._send("DELETE", Bucket, Key, "DeleteObject", b"", headers_of(kw))
@@ -169,11 +183,14 @@ class FastClient:
     def _send(self, method: str, bucket: str, key: str, operation: str, body: bytes,
               headers: dict[str, str], stream: bool = False, query: str = ""
               ) -> urllib3.BaseHTTPResponse:
+        import urllib3
+
         url = self._url(bucket, key, query)
+        pool = self._http()
         for attempt in range(_ATTEMPTS):
             signed = self._sign(method, url, body, headers)
             try:
-                reply = self._pool.request(
+                reply = pool.request(
                     method, url, body=body or None, headers=signed,
                     preload_content=not stream, redirect=False,
                 )
@@ -224,89 +241,3 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
 
 
-def headers_of(kw: Mapping[str, Any]) -> dict[str, str]:
-    """boto3 keyword arguments of the calls answered here, as HTTP headers."""
-    headers: dict[str, str] = {}
-    for name, value in kw.items():
-        if name == "Metadata":
-            headers.update({_META + k: str(v) for k, v in value.items()})
-        elif name == "ContentMD5":
-            headers["Content-MD5"] = value
-        elif name == "ContentType":
-            headers["Content-Type"] = value
-        elif name == "IfMatch":
-            headers["If-Match"] = value
-        elif name == "IfNoneMatch":
-            headers["If-None-Match"] = value
-        elif name == "Range":
-            headers["Range"] = value
-        else:
-            raise TypeError(f"the light path does not send {name}")
-    return headers
-
-
-def object_shape(h: Mapping[str, str]) -> dict[str, Any]:
-    """HEAD or GET answer headers in boto3's shape; `h` answers lower-case names (a
-    case-insensitive mapping, or one whose names are lower case)."""
-    modified = h.get("last-modified")
-    return {
-        "ETag": h.get("etag", ""),
-        "ContentLength": int(h.get("content-length", 0)),
-        "LastModified": email.utils.parsedate_to_datetime(modified) if modified
-        else datetime.now(UTC),
-        "ContentType": h.get("content-type"),
-        "Metadata": {k[len(_META):].lower(): v for k, v in h.items()
-                     if k.lower().startswith(_META)},
-    }
-
-
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-def _list_shape(data: bytes) -> dict[str, Any]:
-    """A ListObjectsV2 answer in boto3's shape, keys decoded from their url encoding."""
-    root = ET.fromstring(data)
-    ns = _NS if root.tag.startswith(_NS) else ""
-    encoded = (root.findtext(f"{ns}EncodingType") or "") == "url"
-
-    def key(text: str) -> str:
-        return urllib.parse.unquote_plus(text) if encoded else text  # as botocore decodes
-
-    contents = [
-        {
-            "Key": key(item.findtext(f"{ns}Key") or ""),
-            "ETag": item.findtext(f"{ns}ETag") or "",
-            "Size": int(item.findtext(f"{ns}Size") or 0),
-            "LastModified": _iso(item.findtext(f"{ns}LastModified")),
-        }
-        for item in root.iter(f"{ns}Contents")
-    ]
-    shape: dict[str, Any] = {
-        "Contents": contents,
-        "IsTruncated": (root.findtext(f"{ns}IsTruncated") or "false") == "true",
-    }
-    token = root.findtext(f"{ns}NextContinuationToken")
-    if token:
-        shape["NextContinuationToken"] = token
-    return shape
-
-
-def _iso(text: str | None) -> datetime:
-    return datetime.fromisoformat((text or "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
-
-
-def error_response(status: int, headers: Mapping[str, str], data: bytes, reason: str | None = None
-                   ) -> dict[str, Any]:
-    """An error answer in the shape botocore's ClientError carries."""
-    code, message = str(status), reason or ""
-    if data:
-        try:
-            root = ET.fromstring(data)
-            code = root.findtext("Code") or code
-            message = root.findtext("Message") or message
-        except ET.ParseError:
-            pass
-    return {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},
-    }
