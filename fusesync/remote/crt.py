@@ -151,7 +151,8 @@ class CrtClient:
                 on_headers=on_headers,
                 on_body=on_body,
                 on_done=on_done,
-                on_progress=on_progress,
+                # bytes sent: only an upload needs telling, a download has on_body
+                on_progress=on_progress if body or send_path else None,
             )
         except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
             if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
