@@ -157,8 +157,9 @@ class Remote(Protocol):
     async def create_bucket(self) -> None:
         """Create the bucket; one that already exists and is ours is fine."""
 
-    def list(self, prefix: str) -> AsyncIterator[Listed]:
-        """Every key under `prefix`, in the store's (lexicographic) order, page by page."""
+    def list(self, prefix: str, start_after: str | None = None) -> AsyncIterator[Listed]:
+        """Every key under `prefix` (after `start_after`, if given), in the store's order
+        (by UTF-8 bytes), page by page."""
         ...
 
     async def head(self, key: str) -> Head | None:

@@ -129,9 +129,9 @@ class FaultyRemote:
         await self.inner.create_bucket()
         self._exit("create_bucket")
 
-    async def list(self, prefix: str) -> AsyncIterator[Listed]:
+    async def list(self, prefix: str, start_after: str | None = None) -> AsyncIterator[Listed]:
         await self._enter("list", prefix)
-        listing = self.inner.list(prefix)
+        listing = self.inner.list(prefix, start_after)
         try:
             async for item in listing:
                 yield item

@@ -324,12 +324,15 @@ class S3Remote:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def list(self, prefix: str) -> AsyncIterator[Listed]:
+    async def list(self, prefix: str, start_after: str | None = None) -> AsyncIterator[Listed]:
         """ListObjectsV2, one blocking request per page of `list_page_size` keys."""
         args: dict[str, Any] = {"Prefix": prefix, "MaxKeys": self.list_page_size}
+        if start_after is not None:
+            args["StartAfter"] = start_after
         while True:
             if self._crt is not None:
-                query = list_query(prefix, self.list_page_size, args.get("ContinuationToken"))
+                query = list_query(prefix, self.list_page_size, args.get("ContinuationToken"),
+                                   start_after)
                 reply = await self._send(self._crt, "GET", None, "ListObjectsV2", query=query)
                 page = list_shape(reply.body)
             else:

@@ -17,13 +17,16 @@ from typing import Any
 META = "x-amz-meta-"
 
 
-def list_query(prefix: str, max_keys: int, token: str | None = None) -> str:
+def list_query(prefix: str, max_keys: int, token: str | None = None,
+               start_after: str | None = None) -> str:
     """The query of one ListObjectsV2 page; keys come url-encoded, so any byte survives
     the XML."""
     query = {"list-type": "2", "encoding-type": "url", "prefix": prefix,
              "max-keys": str(max_keys)}
     if token:
         query["continuation-token"] = token
+    if start_after is not None:
+        query["start-after"] = start_after
     return urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
 
 

@@ -159,9 +159,10 @@ class FastClient:
         return shape
 
     def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
-                        ContinuationToken: str | None = None) -> dict[str, Any]:
+                        ContinuationToken: str | None = None, StartAfter: str | None = None
+                        ) -> dict[str, Any]:
         """One page of ListObjectsV2."""
-        query = list_query(Prefix, MaxKeys, ContinuationToken)
+        query = list_query(Prefix, MaxKeys, ContinuationToken, StartAfter)
         reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {}, query=query)
         return list_shape(reply.data)
 

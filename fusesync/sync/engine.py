@@ -37,7 +37,7 @@ from fusesync.sync.plan import (
 )
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
-from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote
+from fusesync.sync.remote_scan import RemoteScan, known_keys, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import ScanResult, scan_paths, scan_tree
 from fusesync.sync.sealed import Sealing
@@ -108,9 +108,10 @@ class Engine:
         """List the remote while the tree is scanned; record the listing only once it is
         complete, so a refused or broken listing changes no base."""
         found: dict[str, Any] = {}
+        known = known_keys(self.index, self.target)
 
         async def remote_side() -> None:
-            found["remote"] = await list_remote(self.remote, self.target, self.exclude)
+            found["remote"] = await list_remote(self.remote, self.target, self.exclude, known)
 
         with one_error():
             async with trio.open_nursery() as nursery:
@@ -124,7 +125,8 @@ class Engine:
         """Pull's detect: list the remote, then look at only the local paths whose remote
         side moved from the base. Pull acts on no other path (DESIGN.md's table), so a
         pull with nothing new costs one listing, whatever the size of the tree."""
-        rows, listing = await list_remote(self.remote, self.target, self.exclude)
+        rows, listing = await list_remote(self.remote, self.target, self.exclude,
+                                          known_keys(self.index, self.target))
         record_remote(self.index, rows)
         moved = [
             row["path"] for row in self.index.rows(REMOTE_MOVED)

@@ -7,6 +7,7 @@ them). Keys that could escape the tree or clash are skipped and reported, never 
 from __future__ import annotations
 
 import stat
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ REMOTE_COLUMNS = (
     "remote_enc",
 )
 _HEAD_CONCURRENCY = 16
+S3_PAGE = 1000  # keys per page of a listing: S3's most, and what S3Remote asks for
 
 
 @dataclass
@@ -71,16 +73,17 @@ async def scan_remote(
     remote: Remote, target: Target, index: Index, exclude: PathMatcher
 ) -> RemoteScan:
     """Record the remote's current state of every path in `index` (remote_* columns)."""
-    rows, result = await list_remote(remote, target, exclude)
+    rows, result = await list_remote(remote, target, exclude, known_keys(index, target))
     record_remote(index, rows)
     return result
 
 
 async def list_remote(
-    remote: Remote, target: Target, exclude: PathMatcher
+    remote: Remote, target: Target, exclude: PathMatcher, known: Sequence[str] = ()
 ) -> tuple[dict[str, tuple[Any, ...]], RemoteScan]:
     """The remote's state of every path, from the listing and the manifest (fetched at
-    once); touches no index, so it can run while the local tree is being scanned."""
+    once); touches no index, so it can run while the local tree is being scanned.
+    `known`: keys the last listing saw (`known_keys`), to list in parallel ranges."""
     result = RemoteScan()
     files: dict[str, Listed] = {}
     markers: dict[str, Listed] = {}
@@ -89,10 +92,22 @@ async def list_remote(
     async def fetch_manifest() -> None:
         result.manifest, result.manifest_etag = await load_manifest(remote, target)
 
+    ranges = _ranges(known, S3_PAGE)
+    taken: list[list[Listed] | None] = [None] * len(ranges)
+
+    async def take(i: int) -> None:
+        taken[i] = await _take_range(remote, prefix, *ranges[i])
+
     with one_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch_manifest)
-            await _take_listing(remote, prefix, exclude, result, files, markers)
+            for i in range(len(ranges)):
+                nursery.start_soon(take, i)
+        if any(objects is None for objects in taken):  # a store that lists in its own order
+            taken = [await _take_range(remote, prefix, None, None)]
+    for objects in taken:
+        assert objects is not None, "every range was taken, or the whole listing"
+        _take_listing(objects, prefix, exclude, result, files, markers)
 
     dirs = set(markers)
     for rel in (*files, *markers):
@@ -141,11 +156,61 @@ async def list_remote(
     return rows, result
 
 
-async def _take_listing(
-    remote: Remote, prefix: str, exclude: PathMatcher, result: RemoteScan,
+def known_keys(index: Index, target: Target) -> list[str]:
+    """The keys the last listing saw under the target's prefix."""
+    return [
+        target.prefix + path + ("/" if marker else "")
+        for path, marker in index.conn.execute(
+            "SELECT path, remote_marker FROM paths WHERE remote_kind IS NOT NULL "
+            "AND (remote_kind != 'dir' OR remote_marker)"
+        )
+    ]
+
+
+def _ranges(known: Sequence[str], page: int) -> list[tuple[str | None, bytes | None]]:
+    """Split the key space at every (page - 1)th known key into ranges (after this key,
+    up to and including that one) that together cover every key once. A store lists one
+    range a page at a time, but the ranges can be listed at once: a listing of 50 pages
+    takes the time of a few. Unchanged, a range fits one page, and the key after its end
+    on that page says it is complete."""
+    ordered = sorted(key.encode("utf-8", "surrogateescape") for key in known)
+    cuts = ordered[page - 2 :: page - 1] if page > 1 else []
+    starts: list[str | None] = [None, *(c.decode("utf-8", "surrogateescape") for c in cuts)]
+    ends: list[bytes | None] = [*cuts, None]
+    return list(zip(starts, ends, strict=True))
+
+
+async def _take_range(
+    remote: Remote, prefix: str, start_after: str | None, last: bytes | None
+) -> list[Listed] | None:
+    """The keys after `start_after` up to and including `last` (None: no bound), or None
+    when the store does not list in UTF-8 byte order (as S3 does), so ranges cannot be
+    trusted to meet."""
+    objects: list[Listed] = []
+    bounded = start_after is not None or last is not None  # the whole listing needs no order
+    previous = start_after.encode("utf-8", "surrogateescape") if start_after else None
+    listing = remote.list(prefix, start_after)
+    try:
+        async for obj in listing:
+            if bounded:
+                key = obj.key.encode("utf-8", "surrogateescape")
+                if previous is not None and key <= previous:
+                    return None
+                if last is not None and key > last:
+                    return objects
+                previous = key
+            objects.append(obj)
+    finally:
+        if isinstance(listing, AsyncGenerator):  # stopped early: close its pages
+            await listing.aclose()
+    return objects
+
+
+def _take_listing(
+    objects: Sequence[Listed], prefix: str, exclude: PathMatcher, result: RemoteScan,
     files: dict[str, Listed], markers: dict[str, Listed],
 ) -> None:
-    async for obj in remote.list(prefix):
+    for obj in objects:
         result.objects += 1
         rel = obj.key[len(prefix):]
         is_marker = rel.endswith("/")

@@ -20,11 +20,14 @@ from xml.sax.saxutils import escape
 
 class HostileS3:
     def __init__(self, bucket: str, objects: dict[str, bytes],
-                 stalled: frozenset[str] = frozenset()) -> None:
-        """`stalled`: keys whose GET sends headers, then nothing, until the stub stops."""
+                 stalled: frozenset[str] = frozenset(), descending: bool = False) -> None:
+        """`stalled`: keys whose GET sends headers, then nothing, until the stub stops.
+        `descending`: list keys in reverse order (start-after meaning "after" in that
+        order), as no S3 store should."""
         self.bucket = bucket
         self.objects = objects
         self.stalled = stalled
+        self.descending = descending
         self._stopping = threading.Event()
         self.requests: list[str] = []
         stub = self
@@ -49,8 +52,13 @@ class HostileS3:
             def _list(self, query: dict[str, list[str]]) -> None:
                 prefix = query.get("prefix", [""])[0]
                 encode = query.get("encoding-type", [""])[0] == "url"
+                after = query.get("start-after", [None])[0]
+                keys = sorted((k for k in stub.objects if k.startswith(prefix)),
+                              reverse=stub.descending)
+                if after is not None:
+                    keys = [k for k in keys if (k < after if stub.descending else k > after)]
                 items = []
-                for key in sorted(k for k in stub.objects if k.startswith(prefix)):
+                for key in keys:
                     shown = urllib.parse.quote(key, safe="/") if encode else escape(key)
                     etag = hashlib.md5(stub.objects[key]).hexdigest()
                     items.append(

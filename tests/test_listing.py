@@ -1,0 +1,88 @@
+"""The remote listing in parallel ranges: split at the keys the last listing saw, every
+key taken once whatever changed since, and a store that lists out of order is listed
+whole instead."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+import trio
+from support.hostile_s3 import HostileS3
+
+from fusesync.config import Settings, Target
+from fusesync.remote.faulty import FaultyRemote
+from fusesync.remote.s3 import S3Remote
+from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.remote_scan import S3_PAGE, _ranges, list_remote
+
+PREFIX = "sync/tester/listing/"
+
+
+def target(tmp_path: Path, bucket: str) -> Target:
+    return Target(name="listing", path=tmp_path, bucket=bucket, user="tester")
+
+
+def test_ranges_meet_end_to_end() -> None:
+    keys = [f"{PREFIX}k{i:05d}" for i in range(0, 5000, 2)]
+    ranges = _ranges(random.sample(keys, len(keys)), S3_PAGE)
+    assert len(ranges) == 3 and ranges[0][0] is None and ranges[-1][1] is None
+    for (_, end), (start, _) in itertools.pairwise(ranges):
+        assert end is not None and start == end.decode()  # each range starts where one ends
+    assert _ranges([], S3_PAGE) == [(None, None)]
+
+
+@pytest.fixture
+def settings(fusesync_env, s3_server) -> Settings:  # type: ignore[no-untyped-def]
+    return Settings(bucket=fusesync_env.bucket, endpoint_url=s3_server.endpoint_url,
+                    region=s3_server.region, addressing_style="path")
+
+
+def test_parallel_ranges_take_every_key_once_after_changes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    remote = FaultyRemote(S3Remote(settings, max_concurrency=32))
+    t = target(tmp_path, settings.bucket)
+    exclude = PathMatcher(())
+
+    async def put_all(keys: list[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(remote.put_bytes, key, b"x")
+
+    async def run() -> None:
+        first = [f"{PREFIX}d{i % 7}/f{i:05d}" for i in range(2100)]
+        await put_all(first)
+        rows, scan = await list_remote(remote, t, exclude)
+        assert set(rows) == {k[len(PREFIX):] for k in first} | {f"d{i}" for i in range(7)}
+        assert remote.calls["list"] == 1
+        # another cluster adds keys inside every range and deletes some
+        added = [f"{PREFIX}d{i % 7}/f{i:05d}x" for i in range(0, 2100, 9)]
+        await put_all(added)
+        gone = first[100:400]
+        await remote.delete_many(gone)
+        remote.reset()
+        rows, scan = await list_remote(remote, t, exclude, known=first)
+        expected = (set(first) - set(gone)) | set(added)
+        assert {k for k in rows if "/" in k} == {k[len(PREFIX):] for k in expected}
+        assert scan.objects == len(expected)
+        assert remote.calls["list"] == 3  # 2,100 known keys: three ranges at once
+
+    trio.run(run)
+
+
+def test_a_store_listing_out_of_order_is_listed_whole(fusesync_env, tmp_path: Path) -> None:
+    keys = [f"{PREFIX}f{i:05d}" for i in range(1100)]
+    stub = HostileS3("unordered", {k: b"x" for k in keys}, descending=True)
+    with stub.running():
+        remote = FaultyRemote(S3Remote(Settings(bucket="unordered",
+                                                endpoint_url=stub.endpoint_url,
+                                                region="us-east-1",
+                                                addressing_style="path")))
+        # everything excluded: each key listed is counted, and none needs a HEAD
+        rows, scan = trio.run(list_remote, remote, target(tmp_path, "unordered"),
+                              PathMatcher(["*"]), keys)
+    assert scan.objects == len(keys) and rows == {}
+    assert remote.calls["list"] == 3  # two ranges tried, then one whole listing
