@@ -230,9 +230,12 @@ class S3Remote:
         return crt_auth.AwsCredentialsProvider.new_delegate(current)
 
     def prepare(self) -> None:
-        """Build boto3's client now rather than on first use (blocks; reads files)."""
+        """Load and build now whatever a request could load later: boto3's client and the
+        light path's HTTP pool (blocks; reads files). The mount daemon calls this before
+        it mounts, since its own mount may cover where Python finds those files."""
         if isinstance(self._client, FastClient):
             self._client.prepare()
+            self._client.pool()
 
     # -- plumbing ------------------------------------------------------------------------
 

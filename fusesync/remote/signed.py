@@ -119,7 +119,8 @@ class FastClient:
                 self._client = self._make_client()
         return self._client
 
-    def _http(self) -> urllib3.PoolManager:
+    def pool(self) -> urllib3.PoolManager:
+        """The HTTP pool, made (and urllib3 loaded) with the first request that needs it."""
         with self._making:
             if self._pool is None:
                 import urllib3
@@ -187,7 +188,7 @@ class FastClient:
         import urllib3
 
         url = self._url(bucket, key, query)
-        pool = self._http()
+        pool = self.pool()
         for attempt in range(_ATTEMPTS):
             signed = self._sign(method, url, body, headers)
             try:
