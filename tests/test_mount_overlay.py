@@ -106,6 +106,7 @@ async def overlay(root: Path, index: Index, remote: FakeRemote) -> AsyncIterator
     journal = Journal(index)
     async with trio.open_nursery() as nursery:
         fetcher = Fetcher(remote, PREFIX, journal, nursery)  # type: ignore[arg-type]
+        fetcher.small = 0  # every fetch streams, as large ones do, so halves can be held
         overlay = Overlay(fd, journal, fetcher)
         yield overlay
         overlay.close()

@@ -23,7 +23,10 @@ from fusesync.fs.overlay import Overlay
 
 log = logging.getLogger("fusesync.mount")
 
-ENTRY_TIMEOUT = 1.0  # seconds the kernel may trust a name or attributes without asking
+# Seconds the kernel may trust a name or attributes without asking. The daemon owns the
+# directory: nothing changes it behind the kernel's back but a pull or an eviction, and
+# those invalidate what they changed (mountsync.forget_in_kernel).
+ENTRY_TIMEOUT = 60.0
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 Ctx = pyfuse3.RequestContext

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("fusesync.mount")
 
 
+SMALL_FETCH = 1 << 20
+"""Objects up to this size come in one GET, whole, with no transfer machinery."""
+
+
 class FetchFailed(FusesyncError):
     """The download of a remote-only file failed; the path stays remote-only."""
 
@@ -176,6 +180,7 @@ class Fetcher:
         self.nursery = nursery
         self.active: dict[Node, Fetch] = {}
         self.on_fetched: Callable[[int], None] | None = None  # told each new file's size
+        self.small = SMALL_FETCH  # objects up to this size: one whole GET
 
     def start(self, node: Node, row: Row, dir_fd: int, name: str) -> Fetch:
         """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once."""
@@ -199,12 +204,19 @@ class Fetcher:
     async def _run(self, node: Node, fetch: Fetch, row: Row, name: str) -> None:
         placed = False
         try:
+            key = self.prefix + (row["remote_from"] or row["path"])  # moved: its old path
             if row["remote_enc"] and self.sealing is not None:  # decrypted chunk by chunk
                 await self.sealing.open_into(row, functools.partial(_arrive, fetch))
+            elif fetch.size <= self.small:  # one GET on the light path, no transfer thread
+                got = await self.remote.get_bytes(key, if_match=row["remote_etag"])
+                if got is None:
+                    raise RemoteNotFound(f"'{row['path']}' is gone from the remote")
+                fetch.download_write(got[0], 0)
+                with fetch.lock:
+                    os.ftruncate(fetch.fd, max(len(got[0]), fetch.written_end()))
             else:
-                await self.remote.download_file(  # a moved entry's object is at its old path
-                    self.prefix + (row["remote_from"] or row["path"]), _RangeWriter(fetch),
-                    if_match=row["remote_etag"], progress=fetch.wake,
+                await self.remote.download_file(
+                    key, _RangeWriter(fetch), if_match=row["remote_etag"], progress=fetch.wake,
                 )
             fetch.arrived(0, fetch.size)
             fetch.wake()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fusesync.fs.fetch import Fetch
 from fusesync.fs.nodes import Node
+from fusesync.index import Row
 
 
 @dataclass(eq=False)
@@ -27,6 +28,7 @@ class Handle:
 class DirHandle:
     node: Node
     names: list[str] = field(default_factory=list)  # fixed at opendir: stable offsets
+    remote: dict[str, Row] = field(default_factory=dict)  # the remote-only ones' rows
 
 
 class Handles:

@@ -200,7 +200,7 @@ class View:
         if node.detached:  # removed while someone still has it open (or as cwd): empty
             return self.handles.add_dir(DirHandle(node, []))
         local, remote = self._names(node)
-        return self.handles.add_dir(DirHandle(node, [".", "..", *local, *remote]))
+        return self.handles.add_dir(DirHandle(node, [".", "..", *local, *remote], remote))
 
     def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node | None, Attr, int]]:
         """Entries from offset `start`: (name, node, attributes, next offset). The caller
@@ -218,12 +218,18 @@ class View:
                 yield name, None, dot_attr, offset + 1
                 continue
             node = self.inodes.child(handle.node, name)
+            row = handle.remote.get(name)
             try:
-                attr = self.attr(node)
+                # a remote-only entry as listed at opendir: no lstat, no query per entry
+                attr = self.attr(node) if row is None or node in self._fetching() \
+                    else Attr.from_remote(node.inode, row)
             except FileNotFoundError:
                 self.discard(node)  # gone since opendir: skipped, offsets stay stable
                 continue
             yield name, node, attr, offset + 1
+
+    def _fetching(self) -> dict[Node, Fetch]:
+        return self.fetcher.active if self.fetcher else {}
 
     def remember(self, node: Node) -> None:
         self.inodes.remember(node)
