@@ -94,3 +94,20 @@ def test_moved_entries_renamed_again_or_deleted_before_push(one: Cluster, two: C
     assert (one.home / "b" / "z.txt").read_text() == "z"
     assert (one.home / "c.txt").read_text() == "x"
     assert_clean_log(two)
+
+
+def test_a_rename_never_carried_is_undone_by_a_plain_pull(one: Cluster, two: Cluster) -> None:
+    """The daemon dies before carrying a rename: nothing is lost, a pull without the
+    mount brings the entries back under their old names."""
+    (one.home / "a").mkdir()
+    (one.home / "a" / "x.txt").write_text("x")
+    one.push()
+    remote_only_state(two)
+    with mounted(two.home, two.env) as live:  # leaving it cleans the stale mount
+        os.rename(two.home / "a", two.home / "b")
+        assert os.listdir(two.home / "b") == ["x.txt"]
+        live.kill()  # kill -9: no carry at unmount
+    assert remote_keys(one) == {"a/x.txt"}
+    two.pull()
+    assert (two.home / "a" / "x.txt").read_text() == "x"
+    assert not (two.home / "b").exists()
