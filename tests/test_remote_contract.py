@@ -439,6 +439,24 @@ async def test_delay(faulty: FaultyRemote) -> None:
     assert scope.cancelled_caught
 
 
+async def test_before_holds_a_call_until_released(faulty: FaultyRemote) -> None:
+    reached, release = trio.Event(), trio.Event()
+    seen: list[str] = []
+
+    async def hold(key: str) -> None:
+        seen.append(key)
+        reached.set()
+        await release.wait()
+
+    faulty.before("put_bytes", hold)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(faulty.put_bytes, "held", b"x")
+        await reached.wait()
+        assert await faulty.head("held") is None  # not written while held
+        release.set()
+    assert seen == ["held"] and await faulty.head("held") is not None
+
+
 async def test_transfers_through_a_single_connection(
     aws_env: None, s3_server: SeaweedServer, bucket: str, tmp_path: Path
 ) -> None:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import builtins
 import os
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 
 import trio
@@ -62,6 +70,7 @@ class FaultyRemote:
         self._next: dict[str, builtins.list[_Fault]] = {}
         self._keys: builtins.list[_KeyFault] = []
         self._delays: dict[str, float] = {}
+        self._hooks: dict[str, Callable[[str], Awaitable[None]]] = {}
 
     # -- what tests call -------------------------------------------------------------------
 
@@ -82,12 +91,19 @@ class FaultyRemote:
         """Every call of `op` first sleeps `seconds` (cancellable), as a slow store would."""
         self._delays[_check(op)] = seconds
 
+    def before(self, op: str, hook: Callable[[str], Awaitable[None]]) -> None:
+        """Every call of `op` first awaits `hook(key)` (for `list` the prefix, for
+        `delete_many` the first key): a test holds a call there until something else has
+        happened, at a moment it chose."""
+        self._hooks[_check(op)] = hook
+
     def reset(self) -> None:
-        """Forget every fault, delay and count."""
+        """Forget every fault, delay, hook and count."""
         self.calls.clear()
         self._next.clear()
         self._keys.clear()
         self._delays.clear()
+        self._hooks.clear()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -95,6 +111,8 @@ class FaultyRemote:
         self.calls[op] += 1
         if op in self._delays:
             await trio.sleep(self._delays[op])
+        if op in self._hooks:
+            await self._hooks[op](keys[0] if keys else "")
         for fault in self._keys:
             if (fault.ops is None or op in fault.ops) and any(map(fault.matches, keys)):
                 raise fault.exc
