@@ -191,3 +191,65 @@ def test_keyring_refuses_what_it_cannot_trust() -> None:
     with pytest.raises(keys.KeyringError):
         keys.Keyring.decode(b"not json")
     assert FORMAT == "fusesync-aes256gcm-v1"
+
+
+# A keyring as fusesync wrote it before keys were retired (format 1), half-way through a
+# rekey: the old passphrase opens the retiring key, the new one the current key.
+FORMAT_1 = b"""{
+ "current": "bb64162729125d3f",
+ "format": 1,
+ "keys": {
+  "7550f775be049f23": {
+   "check": "S+SqcDENF8IbbYX8z38TC5/UBmeIMVSFncIc47Xxi/s=",
+   "kdf": "scrypt",
+   "n": 131072,
+   "p": 1,
+   "r": 8,
+   "salt": "A7hz+5hzib/Dwn3X+3i9DtbWDHSUdsmo1FavzcFVEHM="
+  },
+  "bb64162729125d3f": {
+   "check": "0o8QQGHddx/cRKEQyRydTrpkaprBLHjtj+ZthQzBPJ0=",
+   "kdf": "scrypt",
+   "n": 131072,
+   "p": 1,
+   "r": 8,
+   "salt": "O48AvxC920mPjm45uZEJEKV7FCwyMoWvRyEfY7n9nNA="
+  }
+ },
+ "retiring": "7550f775be049f23"
+}
+"""
+FORMAT_1_OLD, FORMAT_1_NEW = b"written before retired keys", b"and its new passphrase"
+
+
+def test_keyrings_of_the_first_format_load_and_retired_keys_survive_a_reload() -> None:
+    ring = keys.Keyring.decode(FORMAT_1, "etag")
+    assert ring.encode() == FORMAT_1  # no retired key: written exactly as before
+    old_id, new_id = bytes.fromhex("7550f775be049f23"), bytes.fromhex("bb64162729125d3f")
+    assert ring.current == new_id and ring.retiring == old_id and ring.retired == ()
+    opened_old = ring.unlock(FORMAT_1_OLD)
+    assert opened_old is not None and opened_old.key_id == old_id
+
+    done = ring.rekey_done()
+    assert done.etag == "etag" and done.retiring is None and done.retired == (old_id,)
+    body = json.loads(done.encode())
+    assert body["format"] == 2 and body["retired"] == [old_id.hex()]
+    assert set(body["keys"]) == {old_id.hex(), new_id.hex()}  # the entry stays
+    again = keys.Keyring.decode(done.encode())
+    assert again == done and again.state(old_id) == "retired"
+    assert again.unlock(FORMAT_1_OLD) is None
+    assert again.unlock(FORMAT_1_OLD, current_only=True, retired=True) is None
+    reopened = again.unlock(FORMAT_1_OLD, retired=True)
+    assert reopened is not None and reopened.key_id == old_id
+    assert reopened.check_value() == opened_old.check_value()
+    opened_new = again.unlock(FORMAT_1_NEW)
+    assert opened_new is not None and opened_new.key_id == new_id
+
+    for change, message in (
+        ({"retired": ["00" * 8]}, "does not hold"),
+        ({"retired": [new_id.hex()]}, "twice"),
+        ({"retired": [old_id.hex(), old_id.hex()]}, "twice"),
+        ({"format": 3}, "format"),
+    ):
+        with pytest.raises(keys.KeyringError, match=message):
+            keys.Keyring.decode(json.dumps({**body, **change}).encode())

@@ -6,6 +6,13 @@ scrypt's salt and cost, and a key check value (an HMAC under a subkey of the key
 the key, never the passphrase). A wrong passphrase fails the check before any object is
 read, so it is told apart from a damaged object. Deriving blocks (~0.3 s and 128 MiB):
 call it from a worker thread.
+
+A key's entry never leaves the keyring: a key a rekey replaced is kept *retired* (it seals
+nothing, but opens what a cluster still holding it wrote after the rekey's last look),
+so no object can be left under a key nobody can derive again. Format 1 is a ring with no
+retired key, byte for byte what fusesync wrote before retired keys existed; a ring that
+retires a key is format 2, which older versions refuse rather than rekey it (their rekey
+dropped the old key's entry).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from fusesync.crypt.stream import KEY_ID_SIZE
 from fusesync.errors import FusesyncError
 
-KEYRING_FORMAT = 1
+KEYRING_FORMAT = 2
+KEYRING_FORMATS = (1, 2)  # 1: no `retired` list (it is empty)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 17, 8, 1  # 128 MiB, ~0.3 s: OWASP's floor for scrypt
 TAG_PREFIX = "k1:"
 """Marks a keyed content tag where an MD5 would stand (manifest, index): never equal to one."""
@@ -122,45 +130,79 @@ def create(passphrase: bytes) -> tuple[KeyParams, TargetKey]:
 @dataclass
 class Keyring:
     """A target's keys. `current` seals new objects; `retiring` is the key a rekey is
-    replacing (every object is under one of the two until the rekey ends)."""
+    replacing (every object is under one of the two until the rekey ends); `retired`
+    (oldest first) are keys that rekeys replaced: they seal nothing and stay only to open
+    an object sealed by a cluster that still held one when its rekey ended."""
 
     keys: dict[bytes, KeyParams]
     current: bytes
     retiring: bytes | None = None
     etag: str | None = field(default=None, compare=False)
+    retired: tuple[bytes, ...] = ()
 
     def encode(self) -> bytes:
-        body = {
-            "format": KEYRING_FORMAT,
+        body: dict[str, Any] = {
+            "format": KEYRING_FORMAT if self.retired else 1,
             "current": self.current.hex(),
             "retiring": self.retiring.hex() if self.retiring else None,
             "keys": {kid.hex(): params.to_json() for kid, params in sorted(self.keys.items())},
         }
+        if self.retired:
+            body["retired"] = [kid.hex() for kid in self.retired]
         return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
     def decode(cls, data: bytes, etag: str | None = None) -> Keyring:
         try:
             body = json.loads(data)
-            if body.get("format") != KEYRING_FORMAT:
+            if body.get("format") not in KEYRING_FORMATS:
                 raise KeyringError("the keyring is in a format this fusesync does not know: "
                                    "upgrade fusesync")
             keys = {bytes.fromhex(kid): KeyParams.from_json(bytes.fromhex(kid), params)
                     for kid, params in body["keys"].items()}
             current = bytes.fromhex(body["current"])
             retiring = bytes.fromhex(body["retiring"]) if body.get("retiring") else None
+            retired = tuple(bytes.fromhex(kid) for kid in body.get("retired") or ())
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise KeyringError(f"the keyring is unreadable ({exc})") from None
-        if current not in keys or (retiring is not None and retiring not in keys):
+        named = [current, *([retiring] if retiring is not None else []), *retired]
+        if any(kid not in keys for kid in named):
             raise KeyringError("the keyring names a key it does not hold")
-        return cls(keys, current, retiring, etag)
+        if len(set(named)) != len(named):
+            raise KeyringError("the keyring names a key twice (current, retiring, retired)")
+        return cls(keys, current, retiring, etag, retired)
 
-    def unlock(self, passphrase: bytes, current_only: bool = False) -> TargetKey | None:
-        """The key of this ring that `passphrase` opens (the current one first), or None.
-        Blocks: one scrypt per key tried."""
+    def state(self, key_id: bytes) -> str | None:
+        """'current', 'retiring', 'retired', or None for a key this ring does not hold."""
+        if key_id == self.current:
+            return "current"
+        if key_id == self.retiring:
+            return "retiring"
+        return "retired" if key_id in self.retired else None
+
+    def rekeyed(self, params: KeyParams) -> Keyring:
+        """A rekey's first step: `params` becomes current, the current key retiring."""
+        if self.retiring is not None:
+            raise KeyringError("internal: a rekey began while another was unfinished")
+        return Keyring({**self.keys, params.key_id: params}, params.key_id, self.current,
+                       self.etag, self.retired)
+
+    def rekey_done(self) -> Keyring:
+        """A rekey's last step: the retiring key is retired, its entry kept."""
+        if self.retiring is None:
+            raise KeyringError("internal: no rekey to finish")
+        return Keyring(self.keys, self.current, None, self.etag, (*self.retired, self.retiring))
+
+    def unlock(self, passphrase: bytes, current_only: bool = False, retired: bool = False
+               ) -> TargetKey | None:
+        """The key of this ring that `passphrase` opens (the current one first, then the
+        retiring one unless `current_only`, then, with `retired`, the retired ones, newest
+        first), or None. Blocks: one scrypt per key tried."""
         order = [self.current]
         if self.retiring is not None and not current_only:
             order.append(self.retiring)
+        if retired and not current_only:
+            order.extend(reversed(self.retired))
         for key_id in order:
             key = derive(passphrase, self.keys[key_id])
             if key is not None:
