@@ -78,7 +78,9 @@ def test_rekey_killed_half_way_then_resumed(one: Cluster, two: Cluster, s3) -> N
     assert result.exit_code == 0, result.output
     assert "was interrupted: finishing it" in result.output
     ring = keyring(s3, one.bucket)
-    assert ring.retiring is None and list(ring.keys) == [new.key_id]
+    # the old key is retired, not dropped: it seals nothing and no object is left under it
+    assert ring.retiring is None and ring.current == new.key_id
+    assert ring.retired == (old.key_id,) and set(ring.keys) == {old.key_id, new.key_id}
     assert set(key_ids(s3, one.bucket).values()) == {new.key_id.hex()}
     assert ring.unlock(OLD.encode()) is None
 

@@ -74,8 +74,11 @@ def rekey(ctx: click.Context, name: str, passphrase_file: Path | None,
     Asks for the current passphrase and the new one (or reads them from
     $FUSESYNC_PASSPHRASE and $FUSESYNC_NEW_PASSPHRASE, or the files given). Each object
     is replaced whole, so until the rekey ends every one opens with the old or the new
-    passphrase; if it is interrupted, run it again with the same two. Object names, sizes,
-    modes and times stay visible, as they always are.
+    passphrase; if it is interrupted, run it again with the same two. The old key is
+    kept, retired: it seals nothing, but a file another cluster sealed with it after the
+    rekey still opens with the old passphrase, and running rekey again with the same two
+    moves it under the new one. Object names, sizes, modes and times stay visible, as
+    they always are.
     """
     import trio
 
@@ -97,5 +100,12 @@ def rekey(ctx: click.Context, name: str, passphrase_file: Path | None,
             return await run.run()
 
     result = trio.run(go)
+    for path, key_id in sorted(result.stranded.items()):
+        click.echo(f"   skipped: {path}: sealed under an older key (id {key_id}) this "
+                   "passphrase does not open")
+    if result.stranded:
+        click.echo(f"   to move them: run 'fusesync rekey {name}' again with that key's "
+                   "passphrase as the current one and the current passphrase as the new one")
     click.echo(f"   {result.resealed} file(s) re-encrypted in {time.monotonic() - started:.1f} s"
                + (" (an interrupted rekey finished)" if result.resumed else ""))
+    ctx.exit(3 if result.stranded else 0)

@@ -4,16 +4,23 @@ The steps are ordered so that a kill -9 anywhere leaves each object readable by 
 two passphrases, and running rekey again finishes the job:
 
 1. the new key joins the keyring as `current` and the old one stays as `retiring`, in one
-   conditional write: from then on push seals with the new key, pull opens either;
+   conditional write: from then on push seals with the new key, pull opens either (two
+   rekeys at once: one write wins, the other changes nothing and says so);
 2. each object still under the old key is read, opened and sealed anew chunk by chunk
    (no plaintext lands anywhere), and written back with If-Match on the version it was
    read at: a replace is atomic, so an object is under the old key or the new, never
    neither, and a file pushed meanwhile is never overwritten;
 3. the manifest learns the new etags; a last listing checks that nothing is left under
    the old key;
-4. the old key leaves the keyring (conditional write).
+4. the old key is marked retired (conditional write). Its entry stays: a push that read
+   the keyring before step 1 may still write an object under it after step 3, and that
+   object must stay readable by the old passphrase.
 
-A second run finds `retiring` set and resumes at step 2, asking for both passphrases.
+A second run finds `retiring` set and resumes at step 2, asking for both passphrases. A
+run whose current passphrase opens a retired key instead of the current one (given with
+the current passphrase as the new one) moves what is left under that key to the current
+key: it is how such a late object is brought in. Objects under a retired key this run
+cannot open are listed, never touched.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import io
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -62,6 +69,9 @@ REPEAT_QUESTION = "Repeat new passphrase"
 class RekeyResult:
     resealed: int = 0
     resumed: bool = False
+    swept: bool = False  # moved what was left under retired keys; made no new key
+    stranded: dict[str, str] = field(default_factory=dict)
+    """Objects left under a retired key this run could not open: path -> key id (hex)."""
 
 
 @dataclass(frozen=True)
@@ -90,28 +100,51 @@ class Rekey:
         ring = await self._load()
         if ring is None:
             raise FusesyncError(f"{self.target.url} has no encryption key yet: nothing to rekey")
-        if ring.retiring is not None:
+        retiring = ring.retiring
+        if retiring is not None:
             self.result.resumed = True
             self.say("A rekey of this target was interrupted: finishing it.")
-            old = await self._open(self.old_source, ring, ring.retiring, OLD_QUESTION)
+            olds = {retiring: await self._open(self.old_source, ring, retiring, OLD_QUESTION)}
             new = await self._open(self.new_source, ring, ring.current, NEW_QUESTION)
         else:
-            old = await self._open(self.old_source, ring, ring.current, OLD_QUESTION)
-            new, params = await self._new_key()
-            ring = Keyring({**ring.keys, params.key_id: params}, params.key_id, old.key_id,
-                           ring.etag)
-            await self._write(ring)  # step 1: both keys valid, new objects sealed with `new`
+            olds = await self._open_old(ring)
+            if ring.current in olds:
+                new, params = await self._new_key()
+                retiring = ring.current
+                ring = ring.rekeyed(params)
+                await self._write(ring)  # step 1: both keys valid, new objects sealed with `new`
+            else:
+                self.result.swept = True
+                self.say("The current passphrase given opens a retired key (id "
+                         f"{', '.join(k.hex() for k in olds)}): moving what is left under it "
+                         "to the current key.")
+                new = await self._open(self.new_source, ring, ring.current, NEW_QUESTION)
         for _ in range(ROUNDS):
-            if not await self._reseal_round(old, new):  # steps 2 and 3
+            if not await self._reseal_round(olds, new):  # steps 2 and 3
                 break
         else:
             raise FusesyncError("objects kept arriving under the old key (another cluster is "
                                 "pushing with it?); run rekey again")
-        latest = await self._load()
-        assert latest is not None
-        await self._write(Keyring({new.key_id: latest.keys[new.key_id]}, new.key_id, None,
-                                  latest.etag))  # step 4
+        if retiring is not None:
+            await self._retire(retiring, new)  # step 4
         return self.result
+
+    async def _retire(self, retiring: bytes, new: TargetKey) -> None:
+        """Step 4, unless a rekey run alongside this one did it already."""
+        for _ in range(2):
+            latest = await self._load()
+            if latest is not None and latest.current == new.key_id:
+                if latest.retiring is None and retiring in latest.retired:
+                    return  # finished by the other run
+                if latest.retiring == retiring:
+                    try:
+                        await self._write(latest.rekey_done(), quiet=True)
+                        return
+                    except RemoteChanged:
+                        continue  # look again: the other run may have finished it
+            break
+        raise FusesyncError("the target's keys changed under this rekey (another rekey?); "
+                            "run rekey again")
 
     # -- the keyring -----------------------------------------------------------------
 
@@ -119,15 +152,45 @@ class Rekey:
         got = await self.remote.get_bytes(self.target.keyring_key)
         return Keyring.decode(*got) if got is not None else None
 
-    async def _write(self, ring: Keyring) -> None:
+    async def _write(self, ring: Keyring, quiet: bool = False) -> None:
+        """Write `ring` if the keyring is still the version it was read at. `quiet`: let
+        RemoteChanged through, for the caller to look again."""
         try:
             await self.remote.put_bytes(
                 self.target.keyring_key, ring.encode(), content_type="application/json",
                 **({"if_match": ring.etag} if ring.etag else {"if_none_match": True}),
             )
         except RemoteChanged:
+            if quiet:
+                raise
             raise FusesyncError("the target's keys changed under this rekey (another rekey "
-                                "or a first push elsewhere?); run rekey again") from None
+                                "or a first push elsewhere?); nothing was changed: run rekey "
+                                "again") from None
+
+    async def _open_old(self, ring: Keyring) -> dict[bytes, TargetKey]:
+        """The keys the current passphrase opens: the current key, or else every retired
+        key it opens (a run that is to move what is left under them)."""
+        source = self.old_source
+
+        def derive_all(passphrase: bytes) -> dict[bytes, TargetKey]:
+            current = keyring.derive(passphrase, ring.keys[ring.current])
+            if current is not None:
+                return {current.key_id: current}
+            found = (keyring.derive(passphrase, ring.keys[kid]) for kid in ring.retired)
+            return {key.key_id: key for key in found if key is not None}
+
+        if source.given is not None:
+            keys = await trio.to_thread.run_sync(derive_all, source.given)
+            if not keys:
+                raise IncorrectPassphrase(f"the passphrase from {source.origin} is incorrect; "
+                                          "nothing was changed")
+            return keys
+        for _ in range(TRIES):
+            keys = await trio.to_thread.run_sync(derive_all, self._ask(source, OLD_QUESTION))
+            if keys:
+                return keys
+            source.say("Incorrect passphrase.")
+        raise IncorrectPassphrase("three incorrect passphrases; nothing was changed")
 
     async def _open(self, source: PassphraseSource, ring: Keyring, key_id: bytes,
                     question: str) -> TargetKey:
@@ -177,9 +240,12 @@ class Rekey:
 
     # -- the objects -----------------------------------------------------------------
 
-    async def _reseal_round(self, old: TargetKey, new: TargetKey) -> int:
-        """Reseal every object still under `old`; fix the manifest for every object under
-        `new` it does not know yet. Returns how many were under `old`."""
+    async def _reseal_round(self, olds: dict[bytes, TargetKey], new: TargetKey) -> int:
+        """Reseal every object still under a key of `olds`; fix the manifest for every
+        object under `new` it does not know yet; note those under any other key. Returns
+        how many were under `olds`."""
+        wanted = {key_id.hex(): key for key_id, key in olds.items()}
+        self.result.stranded = {}
         entries, _etag = await load_manifest(self.remote, self.target)
         listing = [obj async for obj in self.remote.list(self.target.prefix)
                    if not obj.key.endswith("/")]
@@ -200,16 +266,19 @@ class Rekey:
                     if head is None or head.metadata.get(ENC_META) != FORMAT:
                         return
                     key_id = head.metadata.get(KEY_META, "")
-                if key_id == old.key_id.hex():
+                if key_id in wanted:
                     found += 1
-                    resealed = await self._reseal(rel, head, old, new)
+                    resealed = await self._reseal(rel, head, wanted[key_id], new)
                     if resealed is not None:
                         done.append(resealed)
                         self.result.resealed += 1
-                elif key_id == new.key_id.hex() and head is not None and entry is not None:
-                    fixed[rel] = replace(entry, etag=head.etag, md5=head.metadata.get(TAG_META),
-                                         enc=FORMAT, key=key_id,
-                                         size=plain_size(head.size) or entry.size)
+                elif key_id == new.key_id.hex():
+                    if head is not None and entry is not None:
+                        fixed[rel] = replace(entry, etag=head.etag,
+                                             md5=head.metadata.get(TAG_META), enc=FORMAT,
+                                             key=key_id, size=plain_size(head.size) or entry.size)
+                else:
+                    self.result.stranded[rel] = key_id
 
         with one_error():
             async with trio.open_nursery() as nursery:

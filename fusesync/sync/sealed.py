@@ -120,12 +120,14 @@ class Sealing:
     # -- admitting a run's actions -------------------------------------------------------
 
     async def admit_push(self, actions: list[Action], report: Report) -> list[Action]:
-        """The actions push may carry out: those sealing a file only if a key was had."""
+        """The actions push may carry out: those sealing a file only if a key was had.
+        A key held from an earlier run (a mount's) is checked against the keyring first:
+        one a rekey has replaced since seals nothing more."""
         sealed = [a for a in actions
                   if a.op == Op.UPLOAD and a.row is not None and self.covers(a.row)]
         if not sealed or self.unlocker.deferred:
             return actions
-        reason = await self.unlocker.for_push(len(sealed))
+        reason = await self.unlocker.for_push(len(sealed), recheck=True)
         return _without(actions, sealed, reason, report)
 
     async def admit_pull(self, actions: list[Action], report: Report) -> list[Action]:
@@ -210,7 +212,7 @@ class Sealing:
             if got is None:
                 raise RemoteChanged(f"'{row['path']}' is no longer on the remote")
             progress(len(got[0]))
-            await self.unlocker.need(push=False)
+            await self._need_key_of(got[0][:HEADER_SIZE], row["path"])
             yield Opened(io.BytesIO(got[0]), len(got[0]), row, self.unlocker.opening)
             return
         with tempfile.TemporaryFile(dir=self.spool) as spool:
@@ -218,8 +220,18 @@ class Sealing:
                                             progress=progress)
             size = spool.seek(0, os.SEEK_END)
             spool.seek(0)
-            await self.unlocker.need(push=False)
+            header = spool.read(HEADER_SIZE)
+            spool.seek(0)
+            await self._need_key_of(header, row["path"])
             yield Opened(spool, size, row, self.unlocker.opening)
+
+    async def _need_key_of(self, header: bytes, path: str) -> None:
+        """Unlock, if it was deferred; then raise, saying why and what to do, when the
+        object's key (named in its header) is none this run holds."""
+        await self.unlocker.need(push=False)
+        key_id = header_key_id(header, path)
+        if key_id not in self.unlocker.opening:
+            raise await self.unlocker.wrong_key(key_id, path)
 
 
     async def open_into(self, row: Row, write_at: Callable[[int, bytes], None],

@@ -3,12 +3,15 @@ checked against the target's keyring, or made with the keyring when there is non
 
 A passphrase is asked for at most once per run (three tries), and only when the caller
 has something to seal or open; a wrong one from a file or the environment is an error,
-never a question. Nothing here keeps a passphrase beyond the derivation.
+never a question. Nothing here keeps a passphrase beyond the derivation. Every push reads
+the keyring again before it seals, so a key a rekey replaced meanwhile (this run's, or a
+mount's held for days) seals nothing more.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 
 import trio
 
@@ -16,6 +19,7 @@ from fusesync.config import Target
 from fusesync.crypt import keys as keyring
 from fusesync.crypt.keys import Keyring, TargetKey
 from fusesync.crypt.passphrase import PassphraseSource
+from fusesync.crypt.stream import WrongKey
 from fusesync.errors import FusesyncError, RemoteChanged
 from fusesync.remote.base import Remote
 
@@ -48,6 +52,7 @@ class Unlocker:
         self.current: TargetKey | None = None  # the key new objects are sealed with
         self.opening: dict[bytes, TargetKey] = {}  # the keys objects are opened with
         self.refused: str | None = None  # why no key can be had (said once)
+        self.ring: Keyring | None = None  # the keyring as last read
         self._lock = trio.Lock()
 
     @property
@@ -62,9 +67,28 @@ class Unlocker:
         passphrase given (nobody to ask), scrypt's ~0.3 s then runs while files move."""
         return not self.opening and self.source is not None and self.source.given is not None
 
-    async def for_push(self, count: int) -> str | None:
+    async def for_push(self, count: int, recheck: bool = False) -> str | None:
+        """`recheck`: read the keyring again first (a push's sealing step begins), and
+        let go of the key held if it is no longer the current one."""
         async with self._lock:
-            return await self._unlock_for_push(count)
+            if not recheck or self.current is None:
+                return await self._unlock_for_push(count)
+            held = self.current
+            ring = await self.load_keyring()
+            if ring is not None and ring.current == held.key_id:
+                return None
+            self.current = None  # retired, retiring, or purged with its keyring
+            source = self.source
+            if ring is not None and source is not None:
+                source.say(f"The target's passphrase was changed by a rekey (key "
+                           f"{held.key_id.hex()} is {ring.state(held.key_id) or 'gone'}): "
+                           "files are sealed only under the new one.")
+            try:
+                return await self._unlock_for_push(count)
+            except IncorrectPassphrase:
+                assert source is not None
+                return (f"encrypted; skipped: the passphrase from {source.origin} opens only "
+                        "a key a rekey replaced; give the new passphrase")
 
     async def for_pull(self, count: int) -> str | None:
         async with self._lock:
@@ -78,9 +102,30 @@ class Unlocker:
 
     async def load_keyring(self) -> Keyring | None:
         got = await self.remote.get_bytes(self.target.keyring_key)
-        if got is None:
-            return None
-        return Keyring.decode(*got)
+        self.ring = Keyring.decode(*got) if got is not None else None
+        return self.ring
+
+    async def wrong_key(self, key_id: bytes, path: str) -> WrongKey:
+        """The error for an object sealed under `key_id`, which this run does not hold:
+        what that key is to the target, and what to do about it."""
+        ring = self.ring
+        if ring is None or ring.state(key_id) is None:
+            ring = await self.load_keyring()  # a key made since this run (or mount) read it
+        state = ring.state(key_id) if ring is not None else None
+        kid, name = key_id.hex(), self.target.name
+        if state == "retired":
+            return WrongKey(f"'{path}' is sealed under a retired key (id {kid}): run "
+                            f"'fusesync rekey {name}' again, or pull with the old passphrase")
+        if state == "retiring":
+            return WrongKey(f"'{path}' is encrypted under another key (id {kid}), the one an "
+                            f"unfinished rekey is replacing: run 'fusesync rekey {name}' to "
+                            "finish it, or pull with the old passphrase")
+        if state == "current":
+            return WrongKey(f"'{path}' is encrypted under the target's current key (id {kid}),"
+                            " which this run's passphrase does not open (it opens a key a "
+                            "rekey replaced): give the current passphrase")
+        return WrongKey(f"'{path}' is encrypted under another key (id {kid}) than this "
+                        "passphrase's; a rekey may be unfinished, or the header is damaged")
 
     async def unlock(self) -> bool:
         """For the mount: open the target's keys with the given passphrase, once; on
@@ -125,6 +170,9 @@ class Unlocker:
         self.opening[key.key_id] = key
         if key.key_id == ring.current:
             self.current = key
+        elif ring.state(key.key_id) == "retired":
+            source.say(f"This passphrase opens only a retired key (id {key.key_id.hex()}): "
+                       "files sealed since a rekey replaced it need the new passphrase.")
         return None
 
     def _source(self, count: int, question: str) -> PassphraseSource | str:
@@ -140,10 +188,13 @@ class Unlocker:
 
     async def _verify(self, source: PassphraseSource, ring: Keyring, question: str,
                       current_only: bool) -> TargetKey | str:
-        """The key `source`'s passphrase opens; an error for a wrong given one; a reason
-        to skip when the user skipped or missed three times."""
+        """The key `source`'s passphrase opens (any the ring holds, unless `current_only`);
+        an error for a wrong given one; a reason to skip when the user skipped or missed
+        three times."""
+        unlock = functools.partial(ring.unlock, current_only=current_only,
+                                   retired=not current_only)
         if source.given is not None:
-            key = await trio.to_thread.run_sync(ring.unlock, source.given, current_only)
+            key = await trio.to_thread.run_sync(unlock, source.given)
             if key is None:
                 raise IncorrectPassphrase(f"the passphrase from {source.origin} is incorrect "
                                           "(no encrypted file was touched)")
@@ -154,7 +205,7 @@ class Unlocker:
             answer = source.ask(question)
             if answer is None:
                 return "encrypted; skipped at the passphrase prompt"
-            key = await trio.to_thread.run_sync(ring.unlock, answer, current_only)
+            key = await trio.to_thread.run_sync(unlock, answer)
             if key is not None:
                 return key
             source.say("Incorrect passphrase.")
