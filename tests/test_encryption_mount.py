@@ -77,3 +77,28 @@ def test_without_a_passphrase_encrypted_files_fail_with_eacces(one: Cluster, two
         in log
     assert not (two.home / ".ssh" / "id_ed25519").exists()
     assert_clean_log(two, allowed=("is encrypted and the mount has no passphrase",))
+
+
+def test_a_mount_holding_a_key_a_rekey_replaced_seals_nothing_more(one: Cluster, two: Cluster,
+                                                                   s3) -> None:
+    encrypted_remote(one)
+    remote_only_state(two)
+    env = {**two.env, "FUSESYNC_PASSPHRASE": PASSPHRASE}
+    with mounted(two.home, env):
+        assert (two.home / ".ssh" / "id_ed25519").read_text() == "PRIVATE KEY\n"
+        (two.home / ".ssh" / "before").write_text("sealed with the key the mount holds\n")
+        assert "1 uploaded" in mounted_run(two, "push")
+        one.env["FUSESYNC_NEW_PASSPHRASE"] = "the mount's passphrase, changed"
+        result = one.cli("rekey")
+        assert result.exit_code == 0 and "3 file(s) re-encrypted" in result.output, \
+            result.output
+        (two.home / ".ssh" / "after").write_text("not to be sealed with a retired key\n")
+        output = mounted_run(two, "push", status=3)
+        assert ("skipped: .ssh/after: encrypted; skipped: the passphrase from "
+                "FUSESYNC_PASSPHRASE opens only a key a rekey replaced; give the new "
+                "passphrase") in output
+        assert ".ssh/after" in dirty_paths(two)  # still to push, with the new passphrase
+    keys = [obj["Key"] for obj in s3.list_objects_v2(Bucket=two.bucket, Prefix=PREFIX)
+            ["Contents"]]
+    assert PREFIX + ".ssh/before" in keys and PREFIX + ".ssh/after" not in keys
+    assert_clean_log(two)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -25,6 +26,9 @@ from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
 from fusesync.sync.engine import Engine
 from fusesync.sync.rekey import Rekey, RekeyResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 PREFIX = "sync/tester/default/"
 KEYRING = "sync/tester/default.keys"
@@ -83,15 +87,15 @@ def given(passphrase: str) -> PassphraseSource:
     return PassphraseSource(passphrase.encode(), "the test")
 
 
-def keyring(s3, bucket: str) -> Keyring:  # type: ignore[no-untyped-def]
+def keyring(s3: S3Client, bucket: str) -> Keyring:
     return Keyring.decode(s3.get_object(Bucket=bucket, Key=KEYRING)["Body"].read())
 
 
-def key_of(s3, bucket: str, rel: str) -> str:  # type: ignore[no-untyped-def]
+def key_of(s3: S3Client, bucket: str, rel: str) -> str:
     return str(s3.head_object(Bucket=bucket, Key=PREFIX + rel)["Metadata"]["fusesync-key"])
 
 
-def opens(s3, bucket: str, rel: str, key: TargetKey) -> bytes:  # type: ignore[no-untyped-def]
+def opens(s3: S3Client, bucket: str, rel: str, key: TargetKey) -> bytes:
     body = s3.get_object(Bucket=bucket, Key=PREFIX + rel)["Body"].read()
     return decrypt_bytes(body, {key.key_id: key}, rel)
 
@@ -110,10 +114,11 @@ def hold_once(remote: FaultyRemote, op: str, matches: Callable[[str], bool]
     return reached, release
 
 
-def test_an_object_sealed_with_the_old_key_after_the_rekey_ended_is_never_lost(
-    one: Cluster, two: Cluster, tmp_path: Path, fusesync_env, s3,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def late_object(one: Cluster, two: Cluster, s3: S3Client, monkeypatch: pytest.MonkeyPatch
+                ) -> bytes:
+    """The race: two's push derives the old key and seals `.ssh/late`, its write is held
+    while one's rekey (OLD to NEW) runs from first step to last, then it lands. Returns
+    the old key's id."""
     (one.home / ".ssh").mkdir()
     (one.home / ".ssh" / "id").write_bytes(b"the first key")
     one.env["FUSESYNC_PASSPHRASE"] = OLD
@@ -125,7 +130,6 @@ def test_an_object_sealed_with_the_old_key_after_the_rekey_ended_is_never_lost(
     rekeyer = side_of(one, monkeypatch)
 
     async def race() -> tuple[RekeyResult, int]:
-        # two's push has derived the old key and sealed the file; its write is held
         reached, release = hold_once(pusher.remote, "put_bytes",
                                      lambda key: key.endswith("/.ssh/late"))
         pushed: list[int] = []
@@ -142,6 +146,14 @@ def test_an_object_sealed_with_the_old_key_after_the_rekey_ended_is_never_lost(
 
     result, uploaded = trio.run(race)
     assert result.resealed == 1 and uploaded == 1
+    return first
+
+
+def test_an_object_sealed_with_the_old_key_after_the_rekey_ended_is_never_lost(
+    one: Cluster, two: Cluster, tmp_path: Path, fusesync_env: Any, s3: S3Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = late_object(one, two, s3, monkeypatch)
 
     # the late object is under the old key, which the ring keeps, retired
     ring = keyring(s3, one.bucket)
@@ -189,7 +201,7 @@ def test_an_object_sealed_with_the_old_key_after_the_rekey_ended_is_never_lost(
 
 
 def test_a_push_holding_a_key_a_rekey_replaced_seals_nothing_more_with_it(
-    one: Cluster, two: Cluster, tmp_path: Path, fusesync_env, s3,
+    one: Cluster, two: Cluster, tmp_path: Path, fusesync_env: Any, s3: S3Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (one.home / ".ssh").mkdir()
@@ -247,7 +259,7 @@ def test_a_push_holding_a_key_a_rekey_replaced_seals_nothing_more_with_it(
 
 
 def test_two_rekeys_at_once_leave_one_keyring(
-    one: Cluster, two: Cluster, s3, monkeypatch: pytest.MonkeyPatch
+    one: Cluster, two: Cluster, s3: S3Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (one.home / ".ssh").mkdir()
     for i in range(5):
@@ -285,7 +297,7 @@ def test_two_rekeys_at_once_leave_one_keyring(
 
 
 def test_a_rekey_finished_meanwhile_by_another_run_is_finished_once(
-    one: Cluster, two: Cluster, s3, monkeypatch: pytest.MonkeyPatch
+    one: Cluster, two: Cluster, s3: S3Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (one.home / ".ssh").mkdir()
     for i in range(3):
@@ -325,6 +337,33 @@ def test_a_rekey_finished_meanwhile_by_another_run_is_finished_once(
     assert slow_result.resealed == 3
     ring = keyring(s3, one.bucket)
     assert ring.retiring is None and ring.retired == (first,)  # retired once, not twice
+
+
+def test_a_rekey_lists_what_it_cannot_open_under_a_retired_key(
+    one: Cluster, two: Cluster, s3: S3Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = late_object(one, two, s3, monkeypatch)
+    second = keyring(s3, one.bucket).current
+
+    # a new rekey, from the current passphrase: the late object is listed, never touched
+    one.env.update(FUSESYNC_PASSPHRASE=NEW, FUSESYNC_NEW_PASSPHRASE=OTHER)
+    result = one.cli("rekey")
+    assert result.exit_code == 3, result.output
+    assert (f"skipped: .ssh/late: sealed under an older key (id {first.hex()}) this "
+            "passphrase does not open") in result.output
+    assert "with that key's passphrase as the current one" in result.output
+    ring = keyring(s3, one.bucket)
+    assert ring.retired == (first, second) and ring.retiring is None
+    assert key_of(s3, one.bucket, ".ssh/late") == first.hex()
+
+    # the oldest passphrase as the current one moves it under the newest key
+    one.env.update(FUSESYNC_PASSPHRASE=OLD, FUSESYNC_NEW_PASSPHRASE=OTHER)
+    result = one.cli("rekey")
+    assert result.exit_code == 0 and "1 file(s) re-encrypted" in result.output, result.output
+    assert keyring(s3, one.bucket) == ring
+    one.env["FUSESYNC_PASSPHRASE"] = OTHER
+    one.pull()
+    assert (one.home / ".ssh/late").read_bytes() == (two.home / ".ssh/late").read_bytes()
 
 
 @pytest.fixture(autouse=True)
