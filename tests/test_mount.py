@@ -210,3 +210,30 @@ def test_cache_limit_evicts_clean_files_least_recently_used_first(
         assert (two.home / "big.bin").read_bytes() == big  # and fetched again on open
     assert (two.home / "mine.bin").stat().st_size == 2 << 20
     assert_clean_log(two)
+
+
+def test_pushes_through_the_mount_merge_the_manifest_another_cluster_wrote(
+    one: Cluster, two: Cluster
+) -> None:
+    """The daemon keeps the manifest it last wrote; a push by another cluster in between
+    makes its conditional write fail, and it merges into the new one instead."""
+    from fusesync.sync.manifest import decode
+
+    def manifest() -> set[str]:
+        client = one.server.client()
+        keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=one.bucket)["Contents"]]
+        key = next(k for k in keys if k.endswith(".manifest"))
+        return set(decode(client.get_object(Bucket=one.bucket, Key=key)["Body"].read()))
+
+    (one.home / "first.txt").write_text("1")
+    one.push()
+    with mounted(two.home, two.env):
+        mounted_run(two, "pull")
+        (two.home / "from-two.txt").write_text("2")
+        mounted_run(two, "push")  # the daemon now holds the manifest it wrote
+        (one.home / "from-one.txt").write_text("3")
+        one.push()  # another writer
+        (two.home / "again.txt").write_text("4")
+        mounted_run(two, "push")
+        assert {"first.txt", "from-two.txt", "from-one.txt", "again.txt"} <= manifest()
+    assert_clean_log(two)

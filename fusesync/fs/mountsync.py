@@ -32,7 +32,7 @@ from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
 from fusesync.sync.plan import Action, Op, plan_pull, plan_push
 from fusesync.sync.pull import Puller, local_version
-from fusesync.sync.push import Pusher
+from fusesync.sync.push import ManifestCache, Pusher
 from fusesync.sync.remote_scan import scan_remote
 from fusesync.sync.report import NoProgress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, md5_file, md5_text
@@ -58,6 +58,9 @@ class MountService:
         self.exclude = PathMatcher(target.exclude)
         self.tree_path = Path(f"/proc/self/fd/{overlay.root_fd}")  # beneath the mount
         self._busy = trio.Lock()
+        # the manifest as this daemon last wrote it: a push after one change then costs no
+        # fetch and decode of every path's entry (it still encodes them all)
+        self.manifest = ManifestCache()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
@@ -132,6 +135,7 @@ class MountService:
             self.index.set_meta("push_running", "1")
             target = dataclasses.replace(self.target, path=self.tree_path)
             pusher = Pusher(target, self.index, self.remote, report, NoProgress(), self.sealing)
+            pusher.manifest_cache = self.manifest
             await pusher.run(actions, DEFAULT_CONCURRENCY)
             self.index.set_meta("push_running", "")
         for path in paths:
@@ -148,7 +152,7 @@ class MountService:
         """Copy on the server what renames moved as rows only (moves.py); first thing in
         every run that looks at the remote, so no listing sees a half-carried rename."""
         await moves.carry_moves(self.journal, self.remote, self.target, report,
-                                DEFAULT_CONCURRENCY)
+                                DEFAULT_CONCURRENCY, self.manifest)
 
     def _settle_journal(self, path: str, upto: int) -> None:
         """Clear the mark of a path push has carried; keep it where work is left."""

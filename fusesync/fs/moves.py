@@ -20,7 +20,7 @@ from fusesync.index import Row
 from fusesync.remote.base import Remote
 from fusesync.sync.manifest import ManifestEntry
 from fusesync.sync.model import Kind
-from fusesync.sync.push import merge_manifest
+from fusesync.sync.push import ManifestCache, merge_manifest
 from fusesync.sync.report import Report
 
 
@@ -31,7 +31,7 @@ class Carried:
 
 
 async def carry_moves(journal: Journal, remote: Remote, target: Target, report: Report,
-                      concurrency: int) -> set[str]:
+                      concurrency: int, manifest: ManifestCache | None = None) -> set[str]:
     """Carry every pending move; returns the old paths still waiting (their rows must
     stay dirty, so the old objects stay hidden and are not shown at their old path)."""
     moves = journal.moves()
@@ -61,7 +61,7 @@ async def carry_moves(journal: Journal, remote: Remote, target: Target, report: 
     for row, etag in carried.copied:
         changes[row["path"]] = _entry(row, etag)
         changes[row["remote_from"]] = None
-    await merge_manifest(remote, target, changes)
+    await merge_manifest(remote, target, changes, cache=manifest)
 
     async def delete(row: Row, etag: str | None) -> None:
         async with limiter:

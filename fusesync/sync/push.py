@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -52,6 +53,7 @@ class Pusher:
         self.report = report
         self.progress = progress
         self.manifest_changes: dict[str, ManifestEntry | None] = {}
+        self.manifest_cache: ManifestCache | None = None  # a daemon's, across its pushes
         self.rows = RowWriter(index)
 
     def key(self, relpath: str) -> str:
@@ -186,26 +188,44 @@ class Pusher:
 
     async def _write_manifest(self) -> None:
         if self.manifest_changes:
-            await merge_manifest(self.remote, self.target, self.manifest_changes)
+            await merge_manifest(self.remote, self.target, self.manifest_changes,
+                                 cache=self.manifest_cache)
+
+
+@dataclass
+class ManifestCache:
+    """The manifest as a long-lived process (the mount daemon) last wrote it: its next
+    merge starts from it instead of fetching and decoding every entry again, and the
+    conditional write still finds out when another cluster wrote meanwhile."""
+
+    entries: dict[str, ManifestEntry] | None = None
+    etag: str | None = None
 
 
 async def merge_manifest(remote: Remote, target: Target,
-                         changes: dict[str, ManifestEntry | None], attempts: int = 5) -> None:
+                         changes: dict[str, ManifestEntry | None], attempts: int = 5,
+                         cache: ManifestCache | None = None) -> None:
     """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race."""
     for _ in range(attempts):
-        entries, etag = await load_manifest(remote, target)
+        if cache is not None and cache.entries is not None:
+            entries, etag = cache.entries, cache.etag
+            cache.entries = None  # set again only once this merge is written
+        else:
+            entries, etag = await load_manifest(remote, target)
         for path, entry in changes.items():
             if entry is None:
                 entries.pop(path, None)
             else:
                 entries[path] = entry
         try:
-            await remote.put_bytes(
+            written = await remote.put_bytes(
                 target.manifest_key, encode(entries),
                 content_type="application/gzip",
                 **({"if_match": etag} if etag else {"if_none_match": True}),
             )
-            return
         except RemoteChanged:
             continue  # another cluster wrote it meanwhile: merge again
+        if cache is not None:
+            cache.entries, cache.etag = entries, written
+        return
     raise FusesyncError("the manifest kept changing under this run; run it again")
