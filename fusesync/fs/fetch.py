@@ -15,7 +15,6 @@ import functools
 import hashlib
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,7 +27,7 @@ from fusesync.fs.journal import Journal
 from fusesync.fs.nodes import Node
 from fusesync.index import Row
 from fusesync.remote.base import Remote
-from fusesync.sync.localfs import TMP_MARK, local_ids
+from fusesync.sync.localfs import local_ids, temporary_name
 from fusesync.sync.model import SPECIAL_BITS
 from fusesync.sync.pull import remote_mtime_ns, remote_owner
 
@@ -193,7 +192,7 @@ class Fetcher:
                 "--passphrase-file)")
             log.warning("cannot open '%s': it is encrypted and %s", row["path"], why)
             raise FetchFailed(f"'{row['path']}' is encrypted: {why}", errno.EACCES)
-        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+        tmp = temporary_name(name)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
         fetch = Fetch(row["path"], row["remote_size"] or 0, os.dup(dir_fd), tmp, fd)

@@ -27,6 +27,11 @@ from fusesync.sync.model import SPECIAL_BITS
 TMP_MARK = ".fusesync-tmp-"
 """Temporary files carry this in their name; scans ignore them, the next pull removes them."""
 
+def temporary_name(name: str) -> str:
+    """A fresh hidden name beside `name` for a file that is not in place yet."""
+    return f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -123,7 +128,7 @@ class Tree:
         """
         with self.parent_dir(relpath, create=True) as (dfd, name):
             name = final_name or name
-            tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+            tmp = temporary_name(name)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dfd)
             try:
@@ -185,7 +190,7 @@ class Tree:
             with self.parent_dir(item.relpath, create=True) as (opened, _):
                 dfd = parents[folder] = os.dup(opened)
         name = item.final_name or name
-        tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+        tmp = temporary_name(name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dfd)
         try:
@@ -206,7 +211,7 @@ class Tree:
     ) -> os.stat_result:
         with self.parent_dir(relpath, create=True) as (dfd, name):
             name = final_name or name
-            tmp = f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+            tmp = temporary_name(name)
             os.symlink(target, tmp, dir_fd=dfd)
             try:
                 _check_expected(dfd, name, expect, relpath)
