@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -253,3 +255,42 @@ def test_keyrings_of_the_first_format_load_and_retired_keys_survive_a_reload() -
     ):
         with pytest.raises(keys.KeyringError, match=message):
             keys.Keyring.decode(json.dumps({**body, **change}).encode())
+
+
+LAZY_CRYPTO_PROBE = """
+import sys
+import fusesync.cli, fusesync.sync.engine, fusesync.sync.push, fusesync.fs.daemon
+assert not any(m.startswith("cryptography") for m in sys.modules), "loaded at import"
+
+from fusesync import crypt
+from fusesync.crypt import keys
+from fusesync.crypt.stream import decrypt_bytes, encrypt_bytes
+from fusesync.errors import IntegrityError
+
+crypt.preload()
+
+class NoMoreImports:
+    def find_spec(self, name, path=None, target=None):
+        raise ImportError(f"imported after preload: {name}")
+
+sys.meta_path.insert(0, NoMoreImports())
+params, key = keys.create(b"passphrase")
+assert keys.derive(b"passphrase", params) is not None
+sealed = encrypt_bytes(b"secret", key)
+assert decrypt_bytes(sealed, {key.key_id: key}, "f") == b"secret"
+assert key.content_tag("0" * 32)
+try:
+    decrypt_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]), {key.key_id: key}, "f")
+except IntegrityError:
+    print("ok")
+"""
+
+
+def test_crypto_loads_only_when_used_and_preload_loads_all_of_it() -> None:
+    """A run that seals nothing never imports `cryptography` (~10 ms of every start); the
+    mount daemon's preload() imports everything sealing and opening use, as an import once
+    mounted could read through its own mount."""
+    out = subprocess.run([sys.executable, "-c", LAZY_CRYPTO_PROBE], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -24,11 +24,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from fusesync.crypt.stream import KEY_ID_SIZE
 from fusesync.errors import FusesyncError
 
@@ -47,14 +42,29 @@ class KeyringError(FusesyncError):
     """The keyring object is unreadable or holds values fusesync refuses to use."""
 
 
+# `cryptography` is imported inside these three: it costs ~10 ms to import, which a run
+# that touches no encrypted path (most runs) need not pay.
+
 def _hkdf(master: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(master)
 
 
 def _hmac(key: bytes, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as crypto_hmac
+
     mac = crypto_hmac.HMAC(key, hashes.SHA256())
     mac.update(data)
     return mac.finalize()
+
+
+def _scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
 class TargetKey:
@@ -113,8 +123,7 @@ class KeyParams:
 
 def derive(passphrase: bytes, params: KeyParams) -> TargetKey | None:
     """The key `params` describes, or None when `passphrase` is not its passphrase. Blocks."""
-    master = Scrypt(salt=params.salt, length=32, n=params.n, r=params.r, p=params.p
-                    ).derive(passphrase)
+    master = _scrypt(passphrase, params.salt, params.n, params.r, params.p)
     key = TargetKey(params.key_id, master)
     return key if hmac.compare_digest(key.check_value(), params.check) else None
 
@@ -122,7 +131,7 @@ def derive(passphrase: bytes, params: KeyParams) -> TargetKey | None:
 def create(passphrase: bytes) -> tuple[KeyParams, TargetKey]:
     """A new key (fresh id and salt) for `passphrase`. Blocks."""
     key_id, salt = os.urandom(KEY_ID_SIZE), os.urandom(32)
-    master = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(passphrase)
+    master = _scrypt(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     key = TargetKey(key_id, master)
     return KeyParams(key_id, salt, key.check_value()), key
 

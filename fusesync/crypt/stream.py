@@ -28,12 +28,12 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from fusesync.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 FORMAT = "fusesync-aes256gcm-v1"
 """The value of x-amz-meta-fusesync-enc on every object in this format."""
@@ -109,6 +109,14 @@ def plain_size(sealed: int) -> int | None:
     return plain
 
 
+def _aead(key: bytes) -> AESGCM:
+    # Imported here: `cryptography` costs ~10 ms to import, which a run that seals and
+    # opens nothing (most runs) need not pay.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 def _nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
@@ -120,7 +128,7 @@ class Encryptor:
         salt = salt if salt is not None else os.urandom(SALT_SIZE)
         self.header = _HEADER.pack(MAGIC, VERSION, CHUNK_SHIFT, 0, key.key_id, salt)
         self._aad = self.header
-        self._aead = AESGCM(key.object_key(salt))
+        self._aead = _aead(key.object_key(salt))
         self._index = 0
         self._done = False
 
@@ -156,7 +164,7 @@ class Decryptor:
         self.plain = plain
         self.chunks = max(1, -(-plain // CHUNK))
         self._aad = parsed.raw
-        self._aead = AESGCM(key.object_key(parsed.salt))
+        self._aead = _aead(key.object_key(parsed.salt))
         self._index = 0
 
     def chunk_sizes(self) -> list[int]:
@@ -165,6 +173,8 @@ class Decryptor:
         return [CHUNK + TAG] * (self.chunks - 1) + [last + TAG]
 
     def chunk(self, sealed: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag  # loaded with AESGCM by _aead
+
         index = self._index
         final = index == self.chunks - 1
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from fusesync import crypt
 from fusesync.config import Config, Target
 from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.errors import BusyError, FusesyncError
@@ -93,6 +94,7 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         # Everything boto3 reads at start (its data files, ~/.aws) must be read now: once
         # mounted, a read through our own mount from a worker thread would wait on us.
         remote.prepare()
+        crypt.preload()
         log.info("mounting '%s' at %s", target.name, target.path)
         trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
         log.info("unmounted '%s'", target.name)
