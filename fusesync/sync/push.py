@@ -20,10 +20,9 @@ from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
 from fusesync.sync.localfs import group_name, user_name
-from fusesync.sync.manifest import ManifestEntry, encode
+from fusesync.sync.manifest import ManifestEntry, RawEntries, decode_raw, encode_raw, raw
 from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
-from fusesync.sync.remote_scan import load_manifest
 from fusesync.sync.report import Progress, Report
 
 if TYPE_CHECKING:
@@ -36,6 +35,9 @@ CONTENT_MD5_META = "fusesync-md5"
 def _holds(head: Head, md5: str | None) -> bool:
     """Whether a remote object holds exactly the content whose MD5 is `md5`."""
     return md5 is not None and md5 in (md5_etag(head.etag), head.metadata.get(CONTENT_MD5_META))
+
+
+_WRITES_MANIFEST = (Op.UPLOAD, Op.DELETE_REMOTE)
 
 
 class Pusher:
@@ -68,11 +70,22 @@ class Pusher:
 
         try:
             async with trio.open_nursery() as nursery:
+                if any(action.op in _WRITES_MANIFEST for action in actions):
+                    nursery.start_soon(self._prefetch_manifest)
                 for action in actions:
                     nursery.start_soon(one, action)
         finally:
             self.rows.flush()  # what was confirmed is recorded, even when the run fails
         await self._write_manifest()
+
+    async def _prefetch_manifest(self) -> None:
+        """Fetch the manifest while the transfers run, for the merge that ends the push; a
+        cluster writing it meanwhile makes that merge's conditional write fail and retry."""
+        if self.manifest_cache is None:
+            self.manifest_cache = ManifestCache()
+        if self.manifest_cache.entries is None:
+            cache = self.manifest_cache
+            cache.entries, cache.etag = await fetch_manifest(self.remote, self.target)
 
     async def _do(self, action: Action) -> None:
         row = action.row
@@ -198,28 +211,35 @@ class ManifestCache:
     merge starts from it instead of fetching and decoding every entry again, and the
     conditional write still finds out when another cluster wrote meanwhile."""
 
-    entries: dict[str, ManifestEntry] | None = None
+    entries: RawEntries | None = None
     etag: str | None = None
+
+
+async def fetch_manifest(remote: Remote, target: Target) -> tuple[RawEntries, str | None]:
+    """The manifest's entries as plain dicts, and its etag (None: there is none yet)."""
+    got = await remote.get_bytes(target.manifest_key)
+    return (decode_raw(got[0]), got[1]) if got is not None else ({}, None)
 
 
 async def merge_manifest(remote: Remote, target: Target,
                          changes: dict[str, ManifestEntry | None], attempts: int = 5,
                          cache: ManifestCache | None = None) -> None:
-    """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race."""
+    """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race.
+    The entries it leaves alone stay plain dicts, as decoded."""
     for _ in range(attempts):
         if cache is not None and cache.entries is not None:
             entries, etag = cache.entries, cache.etag
             cache.entries = None  # set again only once this merge is written
         else:
-            entries, etag = await load_manifest(remote, target)
+            entries, etag = await fetch_manifest(remote, target)
         for path, entry in changes.items():
             if entry is None:
                 entries.pop(path, None)
             else:
-                entries[path] = entry
+                entries[path] = raw(entry)
         try:
             written = await remote.put_bytes(
-                target.manifest_key, encode(entries),
+                target.manifest_key, encode_raw(entries),
                 content_type="application/gzip",
                 **({"if_match": etag} if etag else {"if_none_match": True}),
             )

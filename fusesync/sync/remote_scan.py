@@ -145,7 +145,11 @@ async def list_remote(
 
     async def head_one(rel: str, obj: Listed) -> None:
         async with limiter:
-            row = await _row_from_head(remote, obj)
+            try:
+                row = await _row_from_head(remote, obj)
+            except _Unrecordable as exc:
+                result.skipped.append((obj.key, str(exc)))
+                return
         if row is not None:
             rows[rel] = row
 
@@ -257,6 +261,10 @@ def _row_from_entry(entry: ManifestEntry, obj: Listed) -> tuple[Any, ...]:
     )
 
 
+class _Unrecordable(Exception):
+    """An object the index cannot record as it is; skipped, with this reason."""
+
+
 async def _row_from_head(remote: Remote, obj: Listed) -> tuple[Any, ...] | None:
     """Attributes of an object another tool wrote: its s3fs headers, or defaults."""
     head = await remote.head(obj.key)
@@ -271,7 +279,10 @@ async def _row_from_head(remote: Remote, obj: Listed) -> tuple[Any, ...] | None:
         got = await remote.get_bytes(obj.key)
         if got is None:
             return None
-        target = got[0].decode("utf-8", "surrogateescape")
+        try:
+            target = got[0].decode("utf-8")
+        except UnicodeDecodeError:  # the index, like S3 keys, holds UTF-8 only
+            raise _Unrecordable("symlink target is not valid UTF-8") from None
     elif mode is None or not stat.S_ISREG(mode):
         mode = stat.S_IFREG | DEFAULT_FILE_MODE
     size, md5 = head.size, md5_etag(head.etag)

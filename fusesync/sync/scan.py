@@ -219,6 +219,11 @@ def _observe(
             result.hashed_bytes += st.st_size
     elif kind == Kind.SYMLINK:
         target = os.readlink(name, dir_fd=dir_fd)
+        try:
+            target.encode("utf-8")
+        except UnicodeEncodeError:  # as for names: the index and S3 keys hold UTF-8 only
+            result.skipped.append((relpath, "symlink target is not valid UTF-8"))
+            return KEEP  # a row it had stays as it was: never taken for deleted
         md5 = md5_text(target)
     return (
         kind.value,

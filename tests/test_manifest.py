@@ -1,0 +1,84 @@
+"""The manifest object (what push writes is what pull reads; what a newer version wrote
+survives an older version's merge), and symlink targets no manifest or index can hold."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+
+from syncenv import Cluster, keys
+
+from fusesync.sync.manifest import ManifestEntry, decode, decode_raw, encode, encode_raw
+
+NOT_UTF8 = b"runs/\xff\xfe-latest"
+
+
+def test_round_trip_keeps_every_field() -> None:
+    entries = {
+        "jobs/run.sh": ManifestEntry(kind="file", etag='"e"', md5="0" * 32, size=12,
+                                     mode=stat.S_IFREG | 0o750, uid=1000, gid=100,
+                                     owner="ann", group="users", mtime=1600000000.123456),
+        "d\u00e9j\u00e0/\u2603": ManifestEntry(kind="symlink", mode=stat.S_IFLNK | 0o777,
+                                        target="../\u00e9t\u00e9"),
+        "empty": ManifestEntry(kind="dir", mode=stat.S_IFDIR | 0o700),
+        "secret": ManifestEntry(kind="file", enc="fusesync-aes256gcm-v1", key="01" * 8),
+    }
+    assert decode(encode(entries)) == entries
+
+
+def test_reads_what_the_standard_library_wrote() -> None:
+    body = {"format": 1, "entries": {"\u00e9": {"kind": "file", "size": 3, "mtime": 1.5}}}
+    data = gzip.compress(json.dumps(body).encode())  # \u escapes, spaces: as before orjson
+    assert decode(data) == {"\u00e9": ManifestEntry(kind="file", size=3, mtime=1.5)}
+
+
+def test_unreadable_manifests_count_as_none() -> None:
+    lone_surrogate = gzip.compress(b'{"format": 1, "entries": {"a": {"kind": "symlink",'
+                                   b' "target": "\\udcff"}}}')
+    for data in (b"", b"not gzip", gzip.compress(b"{"), gzip.compress(b"[]"),
+                 gzip.compress(b'{"format": 99, "entries": {}}'),
+                 gzip.compress(b'{"format": 1, "entries": []}'), lone_surrogate):
+        assert decode(data) == {}
+    mixed = gzip.compress(b'{"format": 1, "entries": {"a": 1, "b": {"size": 2},'
+                          b' "c": {"kind": "file"}}}')
+    assert decode(mixed) == {"c": ManifestEntry(kind="file")}
+
+
+def test_fields_of_a_newer_version_survive_a_merge() -> None:
+    raw = decode_raw(encode_raw({"a": {"kind": "file", "size": 1, "future": [1, 2]}}))
+    assert raw["a"]["future"] == [1, 2]
+    assert decode(encode_raw(raw)) == {"a": ManifestEntry(kind="file", size=1)}
+
+
+def test_symlink_target_not_utf8_is_skipped_and_reported(one: Cluster, s3) -> None:
+    """Such a target cannot be recorded (the index and the manifest hold UTF-8): push says
+    so and goes on; a link pushed before and retargeted so is not taken for deleted."""
+    (one.home / "notes.txt").write_text("x")
+    os.symlink("runs/now", one.home / "was-fine")
+    assert one.push().exit_code == 0
+    os.symlink(NOT_UTF8, os.fsencode(one.home / "latest"))
+    os.unlink(one.home / "was-fine")
+    os.symlink(NOT_UTF8, one.home / "was-fine")
+    (one.home / "notes.txt").write_text("changed")
+    result = one.push(status=3)
+    assert "latest: symlink target is not valid UTF-8" in result.output
+    assert "was-fine: symlink target is not valid UTF-8" in result.output
+    found = keys(s3, one.bucket, "sync/tester/default/")
+    assert "sync/tester/default/was-fine" in found  # kept, not deleted
+    assert "sync/tester/default/latest" not in found
+    body = s3.get_object(Bucket=one.bucket, Key="sync/tester/default/notes.txt")["Body"]
+    assert body.read() == b"changed"
+
+
+def test_remote_symlink_target_not_utf8_is_skipped(one: Cluster, s3) -> None:
+    """Another tool wrote an s3fs-style symlink whose body is not UTF-8: pull skips it."""
+    prefix = "sync/tester/default/"
+    s3.put_object(Bucket=one.bucket, Key=prefix + "link", Body=NOT_UTF8,
+                  Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    s3.put_object(Bucket=one.bucket, Key=prefix + "plain.txt", Body=b"hello")
+    result = one.pull(status=3)
+    assert f"{prefix}link: symlink target is not valid UTF-8" in result.output
+    assert (one.home / "plain.txt").read_bytes() == b"hello"
+    assert not os.path.lexists(one.home / "link")
