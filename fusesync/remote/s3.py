@@ -43,7 +43,7 @@ from fusesync.errors import (
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
 from fusesync.remote.crt import CrtClient, Reply
-from fusesync.remote.shapes import headers_of, list_query, list_shape, object_shape
+from fusesync.remote.shapes import ListPage, headers_of, list_page, list_query, object_shape
 from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
 from fusesync.remote.transfer import (
     Link,
@@ -337,18 +337,18 @@ class S3Remote:
                 query = list_query(prefix, self.list_page_size, args.get("ContinuationToken"),
                                    start_after)
                 reply = await self._send(self._crt, "GET", None, "ListObjectsV2", query=query)
-                page = list_shape(reply.body)
+                page = list_page(reply.body)
             else:
-                page = await self._s3("list_objects_v2", **args)
-            for obj in page.get("Contents", ()):
-                yield Listed(
-                    str(obj["Key"]),
-                    unquote_etag(obj.get("ETag")),
-                    int(obj["Size"]),
-                    _epoch(obj.get("LastModified")),
+                shape = await self._s3("list_objects_v2", **args)
+                page = ListPage(
+                    [Listed(str(obj["Key"]), unquote_etag(obj.get("ETag")), int(obj["Size"]),
+                            _epoch(obj.get("LastModified"))) for obj in shape.get("Contents", ())],
+                    bool(shape.get("IsTruncated")), shape.get("NextContinuationToken"),
                 )
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated"):
+            for listed in page.objects:
+                yield listed
+            token = page.token
+            if not page.truncated:
                 return
             if not token:
                 raise RemoteError(f"{self.endpoint} cut the listing of '{prefix}' short")

@@ -11,8 +11,11 @@ import email.utils
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from fusesync.remote.base import Listed
 
 META = "x-amz-meta-"
 
@@ -69,36 +72,42 @@ def object_shape(h: Mapping[str, str]) -> dict[str, Any]:
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def list_shape(data: bytes) -> dict[str, Any]:
-    """A ListObjectsV2 answer in boto3's shape, keys decoded from their url encoding."""
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of ListObjectsV2: its objects, and where the next page starts."""
+
+    objects: list[Listed]
+    truncated: bool
+    token: str | None
+
+
+def list_page(data: bytes) -> ListPage:
+    """A ListObjectsV2 answer, keys decoded from their url encoding (as botocore does).
+    One pass over each entry's fields: a pull reads thousands of them on every run."""
     root = ET.fromstring(data)
     ns = _NS if root.tag.startswith(_NS) else ""
-    encoded = (root.findtext(f"{ns}EncodingType") or "") == "url"
-
-    def key(text: str) -> str:
-        return urllib.parse.unquote_plus(text) if encoded else text  # as botocore decodes
-
-    contents = [
-        {
-            "Key": key(item.findtext(f"{ns}Key") or ""),
-            "ETag": item.findtext(f"{ns}ETag") or "",
-            "Size": int(item.findtext(f"{ns}Size") or 0),
-            "LastModified": _iso(item.findtext(f"{ns}LastModified")),
-        }
-        for item in root.iter(f"{ns}Contents")
-    ]
-    shape: dict[str, Any] = {
-        "Contents": contents,
-        "IsTruncated": (root.findtext(f"{ns}IsTruncated") or "false") == "true",
-    }
-    token = root.findtext(f"{ns}NextContinuationToken")
-    if token:
-        shape["NextContinuationToken"] = token
-    return shape
+    unquote = urllib.parse.unquote_plus if root.findtext(f"{ns}EncodingType") == "url" \
+        else str
+    slots = {f"{ns}Key": 0, f"{ns}ETag": 1, f"{ns}Size": 2, f"{ns}LastModified": 3}
+    times: dict[str, float] = {}  # objects written together share their LastModified
+    objects = []
+    for item in root.iter(f"{ns}Contents"):
+        fields: list[str | None] = [None, None, None, None]
+        for child in item:
+            slot = slots.get(child.tag)
+            if slot is not None:
+                fields[slot] = child.text
+        key, etag, size, modified = fields
+        modified = modified or _EPOCH
+        when = times.get(modified)
+        if when is None:
+            when = times[modified] = datetime.fromisoformat(modified).timestamp()
+        objects.append(Listed(unquote(key or ""), (etag or "").strip('"'), int(size or 0), when))
+    token = root.findtext(f"{ns}NextContinuationToken") or None
+    return ListPage(objects, root.findtext(f"{ns}IsTruncated") == "true", token)
 
 
-def _iso(text: str | None) -> datetime:
-    return datetime.fromisoformat((text or "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
+_EPOCH = "1970-01-01T00:00:00Z"
 
 
 def error_response(status: int, headers: Mapping[str, str], data: bytes, reason: str | None = None

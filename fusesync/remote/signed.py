@@ -33,8 +33,6 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 from fusesync.remote.shapes import (
     error_response,
     headers_of,
-    list_query,
-    list_shape,
     object_shape,
 )
 
@@ -158,14 +156,6 @@ class FastClient:
         if "Content-Range" in reply.headers:
             shape["ContentRange"] = reply.headers["Content-Range"]
         return shape
-
-    def list_objects_v2(self, *, Bucket: str, Prefix: str = "", MaxKeys: int = 1000,
-                        ContinuationToken: str | None = None, StartAfter: str | None = None
-                        ) -> dict[str, Any]:
-        """One page of ListObjectsV2."""
-        query = list_query(Prefix, MaxKeys, ContinuationToken, StartAfter)
-        reply = self._send("GET", Bucket, "", "ListObjectsV2", b"", {}, query=query)
-        return list_shape(reply.data)
 
     def delete_object(self, *, Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
         self._send("DELETE", Bucket, Key, "DeleteObject", b"", headers_of(kw))

@@ -20,9 +20,10 @@ from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
 from fusesync.sync.localfs import group_name, user_name
-from fusesync.sync.manifest import ManifestEntry, RawEntries, decode_raw, encode_raw, raw
+from fusesync.sync.manifest import ManifestEntry, RawEntries, encode_raw, raw
 from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
+from fusesync.sync.remote_scan import fetch_manifest
 from fusesync.sync.report import Progress, Report
 
 if TYPE_CHECKING:
@@ -213,12 +214,6 @@ class ManifestCache:
 
     entries: RawEntries | None = None
     etag: str | None = None
-
-
-async def fetch_manifest(remote: Remote, target: Target) -> tuple[RawEntries, str | None]:
-    """The manifest's entries as plain dicts, and its etag (None: there is none yet)."""
-    got = await remote.get_bytes(target.manifest_key)
-    return (decode_raw(got[0]), got[1]) if got is not None else ({}, None)
 
 
 async def merge_manifest(remote: Remote, target: Target,

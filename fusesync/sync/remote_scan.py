@@ -19,7 +19,7 @@ from fusesync.errors import one_error
 from fusesync.index import Index
 from fusesync.remote.base import Listed, Remote
 from fusesync.sync import manifest as manifest_codec
-from fusesync.sync.manifest import ManifestEntry
+from fusesync.sync.manifest import ManifestEntry, RawEntries
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Kind, md5_etag, unsafe_reason
 
@@ -45,13 +45,19 @@ S3_PAGE = 1000  # keys per page of a listing: S3's most, and what S3Remote asks 
 @dataclass
 class RemoteScan:
     objects: int = 0
-    manifest: dict[str, ManifestEntry] = field(default_factory=dict)
+    manifest: RawEntries = field(default_factory=dict)
     manifest_etag: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return self.objects == 0
+
+
+async def fetch_manifest(remote: Remote, target: Target) -> tuple[RawEntries, str | None]:
+    """The manifest's entries as decoded (plain dicts), and its etag (None: none yet)."""
+    got = await remote.get_bytes(target.manifest_key)
+    return (manifest_codec.decode_raw(got[0]), got[1]) if got is not None else ({}, None)
 
 
 async def load_manifest(
@@ -89,8 +95,8 @@ async def list_remote(
     markers: dict[str, Listed] = {}
     prefix = target.prefix
 
-    async def fetch_manifest() -> None:
-        result.manifest, result.manifest_etag = await load_manifest(remote, target)
+    async def take_manifest() -> None:
+        result.manifest, result.manifest_etag = await fetch_manifest(remote, target)
 
     ranges = _ranges(known, S3_PAGE)
     taken: list[list[Listed] | None] = [None] * len(ranges)
@@ -100,7 +106,7 @@ async def list_remote(
 
     with one_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetch_manifest)
+            nursery.start_soon(take_manifest)
             for i in range(len(ranges)):
                 nursery.start_soon(take, i)
         if any(objects is None for objects in taken):  # a store that lists in its own order
@@ -124,21 +130,21 @@ async def list_remote(
 
     rows: dict[str, tuple[Any, ...]] = {}
     foreign: list[tuple[str, Listed]] = []
+    manifest = result.manifest
     for rel, obj in files.items():
-        entry = result.manifest.get(rel)
-        if entry is not None and entry.etag == obj.etag and entry.kind != Kind.DIR:
+        entry = _entry(manifest, rel)
+        if entry is not None and entry.get("etag") == obj.etag and entry["kind"] != Kind.DIR:
             rows[rel] = _row_from_entry(entry, obj)
         else:
             foreign.append((rel, obj))
     for rel in dirs:
-        entry = result.manifest.get(rel)
-        mode = entry.mode if entry is not None and entry.kind == Kind.DIR else None
+        entry = _entry(manifest, rel) or {}
+        mode = entry.get("mode") if entry.get("kind") == Kind.DIR else None
         rows[rel] = (
             Kind.DIR.value, markers[rel].etag if rel in markers else None, 0,
             mode or (stat.S_IFDIR | DEFAULT_DIR_MODE),
-            entry.uid if entry else None, entry.gid if entry else None,
-            entry.owner if entry else None, entry.group if entry else None,
-            entry.mtime if entry else None, None, None, int(rel in markers), None,
+            entry.get("uid"), entry.get("gid"), entry.get("owner"), entry.get("group"),
+            entry.get("mtime"), None, None, int(rel in markers), None,
         )
 
     limiter = trio.CapacityLimiter(_HEAD_CONCURRENCY)
@@ -246,18 +252,29 @@ def record_remote(index: Index, rows: dict[str, tuple[Any, ...]]) -> None:
         index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
 
 
-def _row_from_entry(entry: ManifestEntry, obj: Listed) -> tuple[Any, ...]:
-    kind = Kind(entry.kind) if entry.kind in Kind.__members__.values() else Kind.FILE
+def _entry(manifest: RawEntries, rel: str) -> dict[str, Any] | None:
+    """`rel`'s manifest entry, as decoded: read in place, as building an entry object for
+    each of thousands of paths would cost a pull more than the rest of its work on them."""
+    entry = manifest.get(rel)
+    if isinstance(entry, dict) and isinstance(entry.get("kind"), str):
+        return entry
+    return None
+
+
+def _row_from_entry(entry: dict[str, Any], obj: Listed) -> tuple[Any, ...]:
+    kind = Kind(entry["kind"]) if entry["kind"] in Kind.__members__.values() else Kind.FILE
     default = DEFAULT_FILE_MODE if kind == Kind.FILE else 0o777
-    if entry.enc:  # ciphertext: the plaintext's size, and a keyed tag where the MD5 stands
-        size, md5 = entry.size, entry.md5
+    enc = entry.get("enc")
+    if enc:  # ciphertext: the plaintext's size, and a keyed tag where the MD5 stands
+        size, md5 = entry.get("size", 0), entry.get("md5")
     else:
-        size, md5 = obj.size, entry.md5 or md5_etag(obj.etag)
+        size, md5 = obj.size, entry.get("md5") or md5_etag(obj.etag)
+    mtime = entry.get("mtime")
     return (
-        kind.value, obj.etag, size, entry.mode or (kind.type_bits | default),
-        entry.uid, entry.gid, entry.owner, entry.group,
-        entry.mtime if entry.mtime is not None else obj.last_modified,
-        md5, entry.target, 0, entry.enc,
+        kind.value, obj.etag, size, entry.get("mode") or (kind.type_bits | default),
+        entry.get("uid"), entry.get("gid"), entry.get("owner"), entry.get("group"),
+        mtime if mtime is not None else obj.last_modified,
+        md5, entry.get("target"), 0, enc,
     )
 
 
