@@ -231,6 +231,7 @@ async def download(
     `part_size`, ranged GETs (`concurrency` at a time) pinned to the first GET's etag.
     `head_of(key, response)` reads the first GET's headers."""
     sink = _Sink(dest)
+    report = _reporter(progress)
     heads: builtins.list[Head] = []
     ranges = trio.CapacityLimiter(concurrency)
     step = part_size
@@ -243,7 +244,7 @@ async def download(
             if not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-{end}/"):
                 resp["Body"].close()
                 raise IntegrityError(f"{link.endpoint} ignored the range asked of '{key}'")
-            _copy(resp["Body"], sink, start, end + 1 - start, progress)
+            _copy(resp["Body"], sink, start, end + 1 - start, report)
 
         async with ranges:
             await link.call("get_object", key, fetch)
@@ -263,7 +264,7 @@ async def download(
             trio.from_thread.run_sync(got_head, spawn, head)
             # Only the first range comes from this stream; closing it early drops one
             # connection, which is cheaper than a HEAD for every small file.
-            _copy(resp["Body"], sink, 0, min(head.size, step), progress)
+            _copy(resp["Body"], sink, 0, min(head.size, step), report)
 
         spawn(functools.partial(link.call, "get_object", key, first))
     await trio.to_thread.run_sync(sink.finish, heads[0].size)
@@ -291,9 +292,24 @@ class _Sink:
             self._dest.flush()
 
 
-def _copy(body: Any, sink: _Sink, offset: int, length: int, progress: Progress | None) -> None:
+def _reporter(progress: Progress | None) -> Progress | None:
+    """`progress` for worker threads: run in the trio thread, as it expects, but without the
+    worker waiting for it (a wait per chunk held a big file's ranges back while the trio
+    thread was busy with small files). Call from the trio thread."""
+    if progress is None:
+        return None
+    token = trio.lowlevel.current_trio_token()
+
+    def report(size: int) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(progress, size)
+
+    return report
+
+
+def _copy(body: Any, sink: _Sink, offset: int, length: int, report: Progress | None) -> None:
     """Copy `length` bytes of a streamed body to `sink` at `offset`; runs in a worker thread
-    started by trio, and stops there when its task is cancelled."""
+    started by trio, and stops there when its task is cancelled. `report`: see _reporter."""
     with contextlib.closing(body):
         while length > 0:
             trio.from_thread.check_cancelled()
@@ -303,8 +319,8 @@ def _copy(body: Any, sink: _Sink, offset: int, length: int, progress: Progress |
             sink.write_at(offset, chunk)
             offset += len(chunk)
             length -= len(chunk)
-            if progress:
-                trio.from_thread.run_sync(progress, len(chunk))
+            if report:
+                report(len(chunk))
 
 
 # -- the wire's small encodings ------------------------------------------------------------
