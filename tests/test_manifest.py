@@ -82,3 +82,20 @@ def test_remote_symlink_target_not_utf8_is_skipped(one: Cluster, s3) -> None:
     assert f"{prefix}link: symlink target is not valid UTF-8" in result.output
     assert (one.home / "plain.txt").read_bytes() == b"hello"
     assert not os.path.lexists(one.home / "link")
+
+
+def test_pull_lands_no_body_that_misses_its_md5(one: Cluster, two: Cluster, s3) -> None:
+    """The manifest (or a damaged transfer) disagrees with a small file's bytes: pull
+    leaves that path alone and says so, and lands the others."""
+    (one.home / "a.txt").write_text("alpha")
+    (one.home / "b.txt").write_text("beta")
+    assert one.push().exit_code == 0
+    key = "sync/tester/default.manifest"
+    raw = decode_raw(s3.get_object(Bucket=one.bucket, Key=key)["Body"].read())
+    raw["a.txt"]["md5"] = "0" * 32
+    s3.put_object(Bucket=one.bucket, Key=key, Body=encode_raw(raw))
+    result = two.pull(status=3)
+    assert "skipped: a.txt: " in result.output and "does not match its MD5" in result.output
+    assert not os.path.lexists(two.home / "a.txt")
+    assert (two.home / "b.txt").read_text() == "beta"
+    assert not [p for p in two.home.iterdir() if p.name not in ("b.txt",)]  # no leftovers

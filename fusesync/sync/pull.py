@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 import trio
@@ -29,6 +30,14 @@ from fusesync.sync.report import Progress, Report
 
 if TYPE_CHECKING:
     from fusesync.sync.sealed import Sealing
+
+
+@dataclass(slots=True)
+class Download(Landing):
+    """A small file fetched whole: landed only if its body has the MD5 the row expects."""
+
+    expected_md5: str | None = None
+    md5: str = ""  # the body's, set by the landing thread
 
 SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then landed in batches."""
@@ -82,7 +91,7 @@ class Puller:
         self.report = report
         self.progress = progress
         self._disk = trio.CapacityLimiter(8)
-        self._landing: Batcher[Landing]
+        self._landing: Batcher[Download]
         self._net = trio.CapacityLimiter(1)  # set per run
         self._in_memory = trio.CapacityLimiter(IN_MEMORY)
         self.rows = RowWriter(index)
@@ -106,7 +115,7 @@ class Puller:
         async def one(action: Action) -> None:
             await self._guarded(action, self._dispatch)
 
-        async with Batcher.running(self.tree.land, LANDING_BATCH) as self._landing, \
+        async with Batcher.running(self._land, LANDING_BATCH) as self._landing, \
                 trio.open_nursery() as nursery:
             for action in actions:
                 if action.op in (Op.FETCH, Op.CONFLICT) and action.kind != Kind.DIR:
@@ -195,16 +204,28 @@ class Puller:
                 raise RemoteChanged(path)
             body = got[0]
             self.progress.advance(size=len(body))
-            md5 = hashlib.md5(body).hexdigest()
-            if row["remote_md5"] and md5 != row["remote_md5"]:
-                raise IntegrityError(f"'{path}': downloaded data does not match its MD5")
-            landing = Landing(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
-                              remote_owner(row), expect, final_name)
+            landing = Download(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
+                               remote_owner(row), expect, final_name,
+                               expected_md5=row["remote_md5"])
             await self._landing.submit(landing)
         if isinstance(landing.result, Exception):
             raise landing.result
         assert landing.result is not None, "a handled batch sets every result"
-        return landing.result, md5
+        return landing.result, landing.md5
+
+    def _land(self, batch: Sequence[Download]) -> None:
+        """Check each body against its MD5, then land those that match (landing thread:
+        hashing thousands of bodies in the trio thread held the downloads back)."""
+        matching = []
+        for item in batch:
+            item.md5 = hashlib.md5(item.body).hexdigest()
+            if item.expected_md5 and item.md5 != item.expected_md5:
+                item.result = IntegrityError(
+                    f"'{item.relpath}': downloaded data does not match its MD5"
+                )
+            else:
+                matching.append(item)
+        self.tree.land(matching)
 
     def _write_file(self, row: Row, expect: Version | bool | None, final_name: str | None,
                     md5_box: list[str]) -> os.stat_result:
