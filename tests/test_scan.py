@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fusesync.index import Index
+from fusesync.index import Index, RowWriter
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import ScanResult, scan_tree
@@ -80,3 +80,18 @@ def test_scan_never_follows_a_symlinked_directory(tmp_path: Path, index: Index) 
     scan(root, index)
     assert index.get("out/secret") is None
     assert index.require("out")["local_kind"] == "symlink"
+
+
+def test_row_writer_applies_changes_in_order(index: Index) -> None:
+    """Rows are written in runs of one statement, and still in the order they were put."""
+    writer = RowWriter(index, size=1000)
+    writer.put("a", local_size=1)
+    writer.put("b", local_size=2, local_md5="x")
+    writer.put("a", local_size=3, local_md5="y")
+    writer.put("a", local_size=4)
+    writer.put("c", local_size=5)
+    assert index.get("a") is None  # nothing written before a flush
+    writer.flush()
+    assert (index.get("a")["local_size"], index.get("a")["local_md5"]) == (4, "y")
+    assert (index.get("b")["local_size"], index.get("b")["local_md5"]) == (2, "x")
+    assert index.get("c")["local_size"] == 5

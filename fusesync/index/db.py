@@ -6,6 +6,7 @@ time: whichever thread holds the target's lock and is running the engine's curre
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -205,7 +206,10 @@ class RowWriter:
     def flush(self) -> None:
         if self._pending:
             with self.index.transaction():
-                for path, columns in self._pending:
-                    self.index.upsert(path, **columns)
+                # in order; one statement for each run of rows setting the same columns
+                for names, run in itertools.groupby(self._pending, lambda p: tuple(p[1])):
+                    self.index.upsert_many(
+                        names, [(path, *columns.values()) for path, columns in run]
+                    )
             self._pending.clear()
         self._last = time.monotonic()
