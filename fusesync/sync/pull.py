@@ -112,16 +112,25 @@ class Puller:
         # network never waits for a batch to land.
         self._net = trio.CapacityLimiter(concurrency)
 
-        async def one(action: Action) -> None:
-            await self._guarded(action, self._dispatch)
+        transfers = []
+        for action in actions:
+            if action.op in (Op.FETCH, Op.CONFLICT) and action.kind != Kind.DIR:
+                transfers.append(action)
+            elif action.op in (Op.RECORD, Op.FORGET):
+                self._record(action)
+        queue = iter(transfers)
 
+        async def worker() -> None:
+            for action in queue:  # shared: each action is taken by one worker
+                await self._guarded(action, self._dispatch)
+
+        # A task per file waiting its turn (thousands parked on the limiters) cost the
+        # event loop more than the transfers; as many workers as files may be in memory
+        # keep every request slot busy while batches land.
         async with Batcher.running(self._land, LANDING_BATCH) as self._landing, \
                 trio.open_nursery() as nursery:
-            for action in actions:
-                if action.op in (Op.FETCH, Op.CONFLICT) and action.kind != Kind.DIR:
-                    nursery.start_soon(one, action)
-                elif action.op in (Op.RECORD, Op.FORGET):
-                    self._record(action)
+            for _ in range(min(len(transfers), IN_MEMORY)):
+                nursery.start_soon(worker)
         deletes = sorted((a for a in actions if a.op == Op.DELETE_LOCAL),
                          key=lambda a: a.path, reverse=True)  # children before parents
         for action in deletes:
