@@ -63,18 +63,19 @@ class Pusher:
         return self.target.prefix + relpath
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
-        limiter = trio.CapacityLimiter(concurrency)
+        queue = iter(actions)
 
-        async def one(action: Action) -> None:
-            async with limiter:
+        async def worker() -> None:
+            for action in queue:  # shared: each action is taken by one worker
                 await self._do(action)
 
         try:
             async with trio.open_nursery() as nursery:
                 if any(action.op in _WRITES_MANIFEST for action in actions):
                     nursery.start_soon(self._prefetch_manifest)
-                for action in actions:
-                    nursery.start_soon(one, action)
+                # a pool of workers, not a task per file parked on a limiter (see pull.py)
+                for _ in range(min(len(actions), concurrency)):
+                    nursery.start_soon(worker)
         finally:
             self.rows.flush()  # what was confirmed is recorded, even when the run fails
         await self._write_manifest()
