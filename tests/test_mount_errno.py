@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -333,6 +334,26 @@ def test_special_files(home: Path) -> None:
     assert as_user(NOBODY, NOBODY, lambda: os.mknod(home / "open" / "dev", stat.S_IFCHR | 0o600,
                                                     os.makedev(1, 3))) == errno.EPERM
     assert errno_of(lambda: os.setxattr(home / "fifo", "trusted.x", b"1")) == errno.EOPNOTSUPP
+
+
+def test_only_user_xattrs_are_supported(home: Path) -> None:
+    """Other namespaces answer EOPNOTSUPP, as on a file system without them: `ls -l` then
+    stops asking each file for its SELinux label and ACL (coreutils remembers that per
+    device), instead of two requests to the daemon per file."""
+    (home / "f").write_text("x")
+    os.setxattr(home / "f", "user.colour", b"blue")
+    assert os.getxattr(home / "f", "user.colour") == b"blue"
+    assert errno_of(lambda: os.getxattr(home / "f", "user.none")) == errno.ENODATA
+    assert errno_of(lambda: os.removexattr(home / "f", "user.none")) == errno.ENODATA
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        assert errno_of(lambda n=name: os.getxattr(home / "f", n)) == errno.EOPNOTSUPP, name
+        assert errno_of(lambda n=name: os.removexattr(home / "f", n)) == errno.EOPNOTSUPP, name
+    # user::rw- group::r-- other::r--, as setfacl writes it: version 2, (tag, perm, id)s
+    acl = struct.pack("<I" + "HHI" * 3, 2, 0x01, 6, 2**32 - 1, 0x04, 4, 2**32 - 1,
+                      0x20, 4, 2**32 - 1)
+    assert errno_of(lambda: os.setxattr(home / "f", "system.posix_acl_access", acl)) \
+        == errno.EOPNOTSUPP
+    assert os.listxattr(home / "f") == ["user.colour"]
 
 
 @pytest.mark.xfail(strict=True, raises=PermissionError,

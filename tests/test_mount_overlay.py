@@ -313,6 +313,13 @@ async def test_xattrs_user_namespace_only(overlay: Overlay) -> None:
     with pytest.raises(OSError) as caught:
         await overlay.setxattr(attr.ino, "trusted.x", b"1")
     assert caught.value.errno == errno.EOPNOTSUPP
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as caught:  # unsupported, not merely absent
+            overlay.getxattr(attr.ino, name)
+        assert caught.value.errno == errno.EOPNOTSUPP
+        with pytest.raises(OSError) as caught:
+            overlay.removexattr(attr.ino, name)
+        assert caught.value.errno == errno.EOPNOTSUPP
     overlay.removexattr(attr.ino, "user.colour")
     with pytest.raises(OSError) as caught:
         overlay.getxattr(attr.ino, "user.colour")
