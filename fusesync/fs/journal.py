@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from fusesync.fs.attrs import REMOTE_ATTR_COLUMNS
 from fusesync.index import Index, Row
 from fusesync.sync import base as columns
 from fusesync.sync.model import Kind
@@ -137,15 +138,13 @@ class Journal:
         return row if row is not None and is_remote_entry(row) else None
 
     def remote_children(self, parent: str) -> dict[str, Row]:
-        """Rows directly inside `parent` that show when nothing local has their name."""
-        return {
-            name: row for name, row in self.index.children(parent).items() if is_remote_entry(row)
-        }
+        """Rows directly inside `parent` that show when nothing local has their name, with
+        only what a listing needs of them (Attr.from_remote's columns)."""
+        return self.index.children(parent, REMOTE_ENTRY, REMOTE_ATTR_COLUMNS)
 
     def has_remote_below(self, path: str) -> bool:
         return bool(self.index.count(
-            "path > ? AND path < ? AND remote_kind IS NOT NULL AND dirty = 0",
-            (path + "/", path + "0"),
+            f"path > ? AND path < ? AND {REMOTE_ENTRY}", (path + "/", path + "0")
         ))
 
     def adopt_remote(self, path: str) -> None:
@@ -190,6 +189,9 @@ class Journal:
     def evicted(self, path: str) -> None:
         """A clean fetched file was removed from the tree: remote-only again."""
         self.index.upsert(path, **columns.NO_LOCAL, **columns.NO_BASE, dirty=0)
+
+
+REMOTE_ENTRY = "remote_kind IS NOT NULL AND dirty = 0"  # is_remote_entry, in SQL
 
 
 def is_remote_entry(row: Row) -> bool:

@@ -9,7 +9,6 @@ FusesyncError, both with an errno. No pyfuse3 here; changes are namespace.py's.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import stat
@@ -118,8 +117,8 @@ class View:
         if fetch is not None and fetch.modified:  # written while it streams in
             st = os.fstat(fetch.fd)
             size = max(st.st_size, fetch.size)
-            attr = dataclasses.replace(attr, size=size, blocks=st.st_blocks,
-                                       mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+            attr = attr._replace(size=size, blocks=st.st_blocks, mtime_ns=st.st_mtime_ns,
+                                 ctime_ns=st.st_ctime_ns)
         return attr
 
     def _kind(self, node: Node) -> Kind | None:
@@ -165,7 +164,7 @@ class View:
         """`node`, a directory, is about to go: a process still inside it (its cwd, an open
         descriptor) can stat it afterwards, as on any file system, with no links left."""
         with contextlib.suppress(OSError):
-            self.removed[node.inode] = dataclasses.replace(self.attr(node), nlink=0)
+            self.removed[node.inode] = self.attr(node)._replace(nlink=0)
 
     def readlink(self, ino: int) -> str:
         node = self.node(ino)
@@ -207,26 +206,44 @@ class View:
         must call remember() or discard() on each node it is given; '.' and '..' come
         with no node, as the kernel takes no reference for them."""
         handle = self.handles.dir(dh)
+        parent = handle.node
+        # One descriptor for the whole batch (no await until the caller is done with it)
+        # and no per-entry walk to the root: the common case costs one lstat an entry.
+        dir_fd = None if parent.detached else self.dirs.get(parent)
+        fetching = self._fetching()
         for offset in range(start, len(handle.names)):
             name = handle.names[offset]
-            if name in (".", ".."):
-                dot = handle.node if name == "." else handle.node.parent or self.inodes.root
+            if name == "." or name == "..":
+                dot = parent if name == "." else parent.parent or self.inodes.root
                 try:
                     dot_attr = self.attr(dot)
                 except (FileNotFoundError, Detached):
                     continue
                 yield name, None, dot_attr, offset + 1
                 continue
-            node = self.inodes.child(handle.node, name)
+            node = self.inodes.child(parent, name)
             row = handle.remote.get(name)
             try:
-                # a remote-only entry as listed at opendir: no lstat, no query per entry
-                attr = self.attr(node) if row is None or node in self._fetching() \
-                    else Attr.from_remote(node.inode, row)
+                if fetching and node in fetching:
+                    attr = self.attr(node)
+                elif row is not None:
+                    # a remote-only entry as listed at opendir: no lstat, no query
+                    attr = Attr.from_remote(node.inode, row)
+                else:
+                    attr = self._local_attr(dir_fd, node)
             except FileNotFoundError:
                 self.discard(node)  # gone since opendir: skipped, offsets stay stable
                 continue
             yield name, node, attr, offset + 1
+
+    def _local_attr(self, dir_fd: int | None, node: Node) -> Attr:
+        """attr() of a name the local listing had, in the directory `dir_fd`."""
+        if dir_fd is not None:
+            try:
+                return Attr.from_stat(node.inode, os.lstat(node.name, dir_fd=dir_fd))
+            except FileNotFoundError:
+                pass
+        return self.attr(node)  # gone, or the directory is: whatever attr() finds now
 
     def _fetching(self) -> dict[Node, Fetch]:
         return self.fetcher.active if self.fetcher else {}

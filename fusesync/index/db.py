@@ -106,10 +106,16 @@ class Index:
             raise NoSuchRow(f"the index has no entry for '{path}'")
         return row
 
-    def children(self, parent: str) -> dict[str, Row]:
-        """The rows directly inside directory `parent`, by name."""
-        rows = self.conn.execute("SELECT * FROM paths WHERE parent = ?", (parent,))
-        return {row["path"].rpartition("/")[2]: row for row in rows}
+    def children(self, parent: str, where: str = "1", columns: Sequence[str] = ()
+                 ) -> dict[str, Row]:
+        """The rows directly inside directory `parent` that match a fixed condition of the
+        engine's, by name; only `columns` (and path) of each when given."""
+        selected = ", ".join(("path", *columns)) if columns else "*"
+        rows = self.conn.execute(
+            f"SELECT {selected} FROM paths WHERE parent = ? AND ({where})", (parent,)
+        )
+        start = len(parent) + 1 if parent else 0  # path is parent + '/' + name
+        return {row["path"][start:]: row for row in rows}
 
     def descendants(self, path: str) -> Iterator[Row]:
         """Every row strictly below directory `path`, in path order."""
