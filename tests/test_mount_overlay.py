@@ -18,6 +18,7 @@ from fusesync.fs.attrs import Caller, Changes
 from fusesync.fs.dirs import RENAME_EXCHANGE, RENAME_NOREPLACE
 from fusesync.fs.fetch import Fetcher
 from fusesync.fs.journal import Journal
+from fusesync.fs.mountsync import AbsentPaths
 from fusesync.fs.nodes import ROOT_INODE
 from fusesync.fs.overlay import Overlay
 from fusesync.index import Index
@@ -359,3 +360,15 @@ def test_reconcile_journals_what_changed_while_unmounted(root: Path, index: Inde
         scan_tree(tree.fd, index, PathMatcher(()))
     assert Journal(index).reconcile() == 2
     assert dirty(index) == {"local.txt", "docs/readme"}
+
+
+def test_pull_knows_paths_below_a_missing_directory_are_absent(tmp_path: Path) -> None:
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "file").write_text("x")
+    with Tree(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)) as tree:
+        absent = AbsentPaths(tree)
+        assert not absent("here") and not absent("here/file")
+        assert absent("here/gone") and absent("gone")
+        (tmp_path / "gone").mkdir()  # answered from the memo: the pull makes no directory
+        assert absent("gone/below") and absent("gone/below/deeper")
+        assert not absent("here")

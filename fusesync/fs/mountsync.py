@@ -180,8 +180,9 @@ class MountService:
                 f"the remote {self.target.url} is empty but {synced} paths were synced from it "
                 "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
             )
-        actions = [a for row in self.index.rows()
+        planned = [(a, row) for row in self.index.rows()
                    if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
+        actions = [action for action, _ in planned]
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files())
         if dry_run:
             report.planned = actions
@@ -190,8 +191,9 @@ class MountService:
         writing = self._open_paths(writable=True)
         delegated: list[Action] = []
         with Tree(self.overlay.root_fd) as tree:
-            for action in actions:
-                row = self.index.require(action.path)
+            absent = AbsentPaths(tree)
+            # each action's row as planned: the loop changes no row but its own
+            for action, row in planned:
                 if action.path in writing and action.op in (Op.FETCH, Op.DELETE_LOCAL):
                     # replacing or removing it would strand what is written through the
                     # open handle; left for the next pull
@@ -199,7 +201,7 @@ class MountService:
                                            "once it is closed"))
                 elif action.op != Op.FETCH or action.path in open_paths:
                     delegated.append(action)
-                elif tree.lstat(action.path) is None:
+                elif absent(action.path):
                     if row["dirty"] and row["base_kind"] is not None:  # deleted here: restore
                         self.index.upsert(action.path, **columns.NO_BASE, dirty=0)
                 elif action.kind == Kind.DIR:
@@ -296,3 +298,19 @@ def _local_values(tree: Tree, row: Row, skipped: list[tuple[str, str]]
             st.st_ino, st.st_mode, st.st_uid, st.st_gid, md5, target)
 
 
+class AbsentPaths:
+    """Whether nothing stands at a path of `tree`; the paths of a first pull into an empty
+    tree (thousands) are answered from their missing parent, without a walk each."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self.missing: set[str] = set()  # paths found absent: nothing below them exists
+
+    def __call__(self, path: str) -> bool:
+        if path.rpartition("/")[0] in self.missing:
+            self.missing.add(path)
+            return True
+        if self.tree.lstat(path) is None:
+            self.missing.add(path)
+            return True
+        return False
