@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from fusesync.errors import FusesyncError, RemoteError
-from fusesync.fs.attrs import Caller, Changes
+from fusesync.fs.attrs import Attr, Caller, Changes
 from fusesync.fs.dirs import RENAME_EXCHANGE, RENAME_NOREPLACE
 from fusesync.fs.fetch import Fetcher
 from fusesync.fs.journal import Journal
@@ -372,3 +372,37 @@ def test_pull_knows_paths_below_a_missing_directory_are_absent(tmp_path: Path) -
         (tmp_path / "gone").mkdir()  # answered from the memo: the pull makes no directory
         assert absent("gone/below") and absent("gone/below/deeper")
         assert not absent("here")
+
+
+def listing(overlay: Overlay, ino: int = ROOT_INODE) -> dict[str, Attr]:
+    dh = overlay.opendir(ino)
+    found = {}
+    for name, node, attr, _ in overlay.readdir(dh, 0):
+        if node is not None:
+            overlay.remember(node)
+            found[name] = attr
+    overlay.releasedir(dh)
+    return found
+
+
+async def test_listings_follow_every_change_of_the_index(
+    overlay: Overlay, index: Index, remote: FakeRemote
+) -> None:
+    """Remote-only rows and their attributes are kept between opendirs (a find over a
+    pulled tree queries nothing), but only while no row changes, here or elsewhere."""
+    first = listing(overlay)
+    assert first["remote.bin"].size == 10_000
+    assert listing(overlay) == first
+    add_remote(index, remote, "new.txt", b"new")  # as a pull inside the daemon writes
+    add_remote(index, remote, "remote.bin", b"shorter", mode=0o600)
+    now = listing(overlay)
+    assert now["new.txt"].size == 3
+    assert now["remote.bin"].size == 7 and stat.S_IMODE(now["remote.bin"].mode) == 0o600
+    assert now["remote.bin"].ino == first["remote.bin"].ino
+    with Index(index.path) as other:  # a commit through another connection
+        other.upsert("other.txt", remote_kind="file", remote_size=5,
+                     remote_mode=stat.S_IFREG | 0o644)
+    assert listing(overlay)["other.txt"].size == 5
+    overlay.journal.mark("new.txt")  # removed through the mount: hidden at once
+    assert "new.txt" not in listing(overlay)
+    assert listing(overlay, overlay.lookup(ROOT_INODE, "far").ino)["away.txt"].size == 8

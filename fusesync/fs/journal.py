@@ -10,6 +10,7 @@ touches the disk or the remote.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from fusesync.fs.attrs import REMOTE_ATTR_COLUMNS
 from fusesync.index import Index, Row
@@ -19,6 +20,7 @@ from fusesync.sync.plan import plan_push
 from fusesync.sync.remote_scan import REMOTE_COLUMNS
 
 _UNDER = "path = ? OR (path > ? AND path < ?)"
+LISTINGS_KEPT = 4096  # directories whose remote-only rows are kept between opendirs
 
 
 def _under(path: str) -> tuple[str, str, str]:
@@ -33,6 +35,9 @@ class Journal:
         self.index = index
         top = index.conn.execute("SELECT max(dirty) FROM paths").fetchone()[0]
         self.seq = int(top or 0) + 1  # the number new marks carry
+        # remote_children's answers, kept while the index is unchanged (Index.version)
+        self._listed: dict[str, Mapping[str, Row]] = {}
+        self._listed_at: tuple[int, int] | None = None
 
     # -- the journal -----------------------------------------------------------------
 
@@ -137,10 +142,23 @@ class Journal:
         row = self.index.get(path)
         return row if row is not None and is_remote_entry(row) else None
 
-    def remote_children(self, parent: str) -> dict[str, Row]:
+    def remote_children(self, parent: str) -> Mapping[str, Row]:
         """Rows directly inside `parent` that show when nothing local has their name, with
-        only what a listing needs of them (Attr.from_remote's columns)."""
-        return self.index.children(parent, REMOTE_ENTRY, REMOTE_ATTR_COLUMNS)
+        only what a listing needs of them (Attr.from_remote's columns).
+
+        Every opendir asks, so the answer is kept until any row changes: a `find` over a
+        pulled tree then costs no query, and the same Row objects come back each time."""
+        version = self.index.version()
+        if version != self._listed_at:
+            self._listed.clear()
+            self._listed_at = version
+        rows = self._listed.get(parent)
+        if rows is None:
+            if len(self._listed) >= LISTINGS_KEPT:
+                self._listed.clear()
+            rows = self.index.children(parent, REMOTE_ENTRY, REMOTE_ATTR_COLUMNS)
+            self._listed[parent] = rows
+        return rows
 
     def has_remote_below(self, path: str) -> bool:
         return bool(self.index.count(

@@ -28,6 +28,8 @@ from fusesync.sync.model import SPECIAL_BITS, Kind
 from fusesync.sync.pull import remote_owner
 from fusesync.sync.scan import md5_text
 
+REMOTE_ATTRS_KEPT = 200_000  # remote-only entries' attributes kept between listings
+
 
 def fail(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code), what)
@@ -62,6 +64,8 @@ class View:
         self.handles = Handles()
         self.last_used: dict[str, float] = {}  # path -> when last opened (for --cache-limit)
         self.removed: dict[int, Attr] = {}  # inode -> last attributes of a removed dir
+        # inode -> (the listed row, its Attr): kept while listings return that same row
+        self._remote_attrs: dict[int, tuple[Row, Attr]] = {}
         self.as_root = os.geteuid() == 0
 
     # -- resolving -------------------------------------------------------------------
@@ -228,13 +232,26 @@ class View:
                     attr = self.attr(node)
                 elif row is not None:
                     # a remote-only entry as listed at opendir: no lstat, no query
-                    attr = Attr.from_remote(node.inode, row)
+                    attr = self._remote_attr(node, row)
                 else:
                     attr = self._local_attr(dir_fd, node)
             except FileNotFoundError:
                 self.discard(node)  # gone since opendir: skipped, offsets stay stable
                 continue
             yield name, node, attr, offset + 1
+
+    def _remote_attr(self, node: Node, row: Row) -> Attr:
+        """Attr.from_remote, made again only when the listing gives another row (the
+        journal keeps the rows it lists until the index changes). Inode numbers are never
+        reused, so a kept one cannot answer for another node."""
+        kept = self._remote_attrs.get(node.inode)
+        if kept is not None and kept[0] is row:
+            return kept[1]
+        attr = Attr.from_remote(node.inode, row)
+        if len(self._remote_attrs) >= REMOTE_ATTRS_KEPT:
+            self._remote_attrs.clear()
+        self._remote_attrs[node.inode] = (row, attr)
+        return attr
 
     def _local_attr(self, dir_fd: int | None, node: Node) -> Attr:
         """attr() of a name the local listing had, in the directory `dir_fd`."""

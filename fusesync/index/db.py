@@ -106,6 +106,12 @@ class Index:
             raise NoSuchRow(f"the index has no entry for '{path}'")
         return row
 
+    def version(self) -> tuple[int, int]:
+        """A value that changes whenever a row may have: a write through this connection
+        or a commit through another. Only compare it for equality."""
+        other: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return (self.conn.total_changes, other)
+
     def children(self, parent: str, where: str = "1", columns: Sequence[str] = ()
                  ) -> dict[str, Row]:
         """The rows directly inside directory `parent` that match a fixed condition of the
