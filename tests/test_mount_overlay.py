@@ -406,3 +406,26 @@ async def test_listings_follow_every_change_of_the_index(
     overlay.journal.mark("new.txt")  # removed through the mount: hidden at once
     assert "new.txt" not in listing(overlay)
     assert listing(overlay, overlay.lookup(ROOT_INODE, "far").ino)["away.txt"].size == 8
+
+
+def test_kept_remote_rows_never_outlive_a_change_or_a_rollback(
+    index: Index, remote: FakeRemote
+) -> None:
+    journal = Journal(index)
+    add_remote(index, remote, "a.txt", b"one")
+    entry = journal.remote_entry("a.txt")
+    assert entry is not None and entry["remote_size"] == 3
+    assert journal.remote_entry("a.txt") is entry  # kept: no query
+    add_remote(index, remote, "a.txt", b"three")
+    changed = journal.remote_entry("a.txt")
+    assert changed is not None and changed["remote_size"] == 5
+    with pytest.raises(RuntimeError), index.transaction():
+        index.upsert("a.txt", remote_size=99)
+        inside = journal.remote_entry("a.txt")  # what the transaction sees, then undone
+        assert inside is not None and inside["remote_size"] == 99
+        raise RuntimeError
+    after = journal.remote_entry("a.txt")
+    assert after is not None and after["remote_size"] == 5
+    assert journal.remote_children("")["a.txt"]["remote_size"] == 5
+    journal.mark("a.txt")  # changed through the mount: no longer shown from the index
+    assert journal.remote_entry("a.txt") is None and "a.txt" not in journal.remote_children("")

@@ -21,6 +21,7 @@ from fusesync.sync.remote_scan import REMOTE_COLUMNS
 
 _UNDER = "path = ? OR (path > ? AND path < ?)"
 LISTINGS_KEPT = 4096  # directories whose remote-only rows are kept between opendirs
+ENTRIES_KEPT = 65536  # paths whose remote_entry answer is kept
 
 
 def _under(path: str) -> tuple[str, str, str]:
@@ -35,9 +36,10 @@ class Journal:
         self.index = index
         top = index.conn.execute("SELECT max(dirty) FROM paths").fetchone()[0]
         self.seq = int(top or 0) + 1  # the number new marks carry
-        # remote_children's answers, kept while the index is unchanged (Index.version)
+        # remote_children's and remote_entry's answers, kept while the index is unchanged
         self._listed: dict[str, Mapping[str, Row]] = {}
-        self._listed_at: tuple[int, int] | None = None
+        self._entries: dict[str, Row | None] = {}
+        self._kept_at: tuple[int, int, int] | None = None
 
     # -- the journal -----------------------------------------------------------------
 
@@ -138,9 +140,27 @@ class Journal:
         return self.index.get(path)
 
     def remote_entry(self, path: str) -> Row | None:
-        """The row to show at `path` when nothing local stands there, if any."""
+        """The row to show at `path` when nothing local stands there, if any. Asked for
+        every remote-only directory a listing passes ('.' and '..' too): kept like
+        remote_children's answers."""
+        self._keep_while_unchanged()
+        if path in self._entries:
+            return self._entries[path]
         row = self.index.get(path)
-        return row if row is not None and is_remote_entry(row) else None
+        if row is not None and not is_remote_entry(row):
+            row = None
+        if len(self._entries) >= ENTRIES_KEPT:
+            self._entries.clear()
+        self._entries[path] = row
+        return row
+
+    def _keep_while_unchanged(self) -> None:
+        """Forget every kept answer once any row may have changed (Index.version)."""
+        version = self.index.version()
+        if version != self._kept_at:
+            self._listed.clear()
+            self._entries.clear()
+            self._kept_at = version
 
     def remote_children(self, parent: str) -> Mapping[str, Row]:
         """Rows directly inside `parent` that show when nothing local has their name, with
@@ -148,10 +168,7 @@ class Journal:
 
         Every opendir asks, so the answer is kept until any row changes: a `find` over a
         pulled tree then costs no query, and the same Row objects come back each time."""
-        version = self.index.version()
-        if version != self._listed_at:
-            self._listed.clear()
-            self._listed_at = version
+        self._keep_while_unchanged()
         rows = self._listed.get(parent)
         if rows is None:
             if len(self._listed) >= LISTINGS_KEPT:

@@ -46,6 +46,7 @@ class Index:
             conn.execute("PRAGMA foreign_keys=ON")
             self.conn = conn
             self.path = path
+            self._rollbacks = 0
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
@@ -79,9 +80,15 @@ class Index:
             raise
         conn.execute("COMMIT")
 
-    def transaction(self) -> Any:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
         """A write transaction: everything inside lands together or not at all."""
-        return self._transaction(self.conn)
+        try:
+            with self._transaction(self.conn):
+                yield
+        except BaseException:
+            self._rollbacks += 1  # what was read inside may be gone: see version()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -106,11 +113,11 @@ class Index:
             raise NoSuchRow(f"the index has no entry for '{path}'")
         return row
 
-    def version(self) -> tuple[int, int]:
-        """A value that changes whenever a row may have: a write through this connection
-        or a commit through another. Only compare it for equality."""
+    def version(self) -> tuple[int, int, int]:
+        """A value that changes whenever a row may have: a write or a rollback through
+        this connection, or a commit through another. Only compare it for equality."""
         other: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        return (self.conn.total_changes, other)
+        return (self.conn.total_changes, self._rollbacks, other)
 
     def children(self, parent: str, where: str = "1", columns: Sequence[str] = ()
                  ) -> dict[str, Row]:
