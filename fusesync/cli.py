@@ -245,7 +245,7 @@ def _forward_if_mounted(
     ctx: click.Context, target: Target, verb: str, options: dict[str, Any]
 ) -> None:
     """While mounted, the daemon owns the target: it runs the verb and we print its answer."""
-    from fusesync.fs.control import forward
+    from fusesync.fs.forward import forward
 
     answer = forward(target, verb, options)
     if answer is not None:
@@ -256,14 +256,16 @@ def _forward_if_mounted(
 
 def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delete: float,
               passphrase_file: Path | None) -> None:
-    import trio  # here, not at the top: list, add and remove start faster without it
-
-    from fusesync.sync.report import Report
-    from fusesync.sync.session import open_engine
-
     config = load_config(ctx)
     target = config.target(name)
     _forward_if_mounted(ctx, target, verb, {"dry_run": dry_run, "max_delete": max_delete})
+
+    # here, not at the top, and only once no mount runs it: list, add, remove and a
+    # forwarded push or pull start faster without them
+    import trio
+
+    from fusesync.sync.report import Report
+    from fusesync.sync.session import open_engine
     if verb == "push":
         click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
     else:
@@ -338,13 +340,13 @@ def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float,
 @click.pass_context
 def status(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show what push and pull of target NAME would do; change nothing."""
-    import trio
-
-    from fusesync.sync.session import open_engine
-
     config = load_config(ctx)
     target = config.target(name)
     _forward_if_mounted(ctx, target, "status", {"json": as_json})
+
+    import trio  # only once no mount runs it, as in _run_sync
+
+    from fusesync.sync.session import open_engine
 
     async def go() -> Any:
         async with open_engine(config, target, "status") as engine:

@@ -3,20 +3,19 @@
 One JSON line asks ({"verb": "push", "dry_run": false, ...}), one JSON line answers
 ({"status": 0, "output": "..."}). The socket is 0600 in the target's state folder (an
 abstract socket when that folder lies inside the mount) and only its owner (or root) is
-served. `forward` is the CLI's side: None when no daemon runs.
+served. The CLI's side is forward.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,73 +23,13 @@ import trio
 
 from fusesync.config import Target
 from fusesync.errors import FusesyncError
+from fusesync.fs.forward import abstract_name, short_path, socket_path
 
 log = logging.getLogger("fusesync.mount")
 
-SOCKET_NAME = "control.sock"
 MAX_REQUEST = 1 << 16
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def socket_path(target: Target) -> Path:
-    return target.state_dir / SOCKET_NAME
-
-
-def abstract_name(target: Target) -> str | None:
-    """The abstract socket name used instead of the file when the state folder lies inside
-    the mounted directory (the usual ~/.local/state in a mounted home): a socket file bound
-    there would pin the mount and make every plain unmount 'busy'. None otherwise.
-
-    Pure string work, so the daemon may call it after mounting and client and daemon
-    always agree."""
-    state = os.path.abspath(target.state_dir)
-    tree = os.path.abspath(target.path)
-    if not (state == tree or state.startswith(tree.rstrip("/") + "/")):
-        return None
-    digest = hashlib.sha256(state.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return f"\0fusesync-{os.getuid()}-{digest}"
-
-
-def forward(target: Target, verb: str, args: dict[str, Any]) -> tuple[int, str] | None:
-    """Run `verb` in the target's mount daemon: (exit status, output), or None when no
-    daemon listens. Blocks until the daemon has finished the run."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            abstract = abstract_name(target)
-            if abstract is not None:
-                sock.connect(abstract)
-            else:
-                with _short(socket_path(target)) as short:
-                    sock.connect(short)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            return None
-        sock.sendall(json.dumps({"verb": verb, **args}).encode() + b"\n")
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    try:
-        reply = json.loads(b"".join(chunks))
-        return int(reply["status"]), str(reply["output"])
-    except (ValueError, KeyError, TypeError):
-        raise FusesyncError(
-            f"the mount daemon of '{target.name}' gave no answer (see its mount.log)"
-        ) from None
-
-
-@contextlib.contextmanager
-def _short(path: Path) -> Iterator[str]:
-    """A spelling of `path` short enough for sun_path (108 bytes), however deep the state
-    folder is: through a descriptor of its directory."""
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def _bind(path: Path) -> socket.socket:
@@ -100,7 +39,7 @@ def _bind(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        with _short(path) as short:
+        with short_path(path) as short:
             sock.bind(short)
     finally:
         os.umask(old)

@@ -169,7 +169,7 @@ def forward_in(env: dict[str, str], verb: str, name: str = "default",
                **args: object) -> tuple[int, str]:
     """Run `verb` in the mount daemon of target `name`, as the CLI does while mounted."""
     from fusesync.config import Config
-    from fusesync.fs.control import forward
+    from fusesync.fs.forward import forward
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
