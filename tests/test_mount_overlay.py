@@ -429,3 +429,12 @@ def test_kept_remote_rows_never_outlive_a_change_or_a_rollback(
     assert journal.remote_children("")["a.txt"]["remote_size"] == 5
     journal.mark("a.txt")  # changed through the mount: no longer shown from the index
     assert journal.remote_entry("a.txt") is None and "a.txt" not in journal.remote_children("")
+
+
+def test_dot_entries_carry_their_inode_and_type(overlay: Overlay) -> None:
+    far = overlay.lookup(ROOT_INODE, "far")  # remote-only: nothing to stat for '.'
+    dh = overlay.opendir(far.ino)
+    dots = {name: attr for name, node, attr, _ in overlay.readdir(dh, 0) if node is None}
+    overlay.releasedir(dh)
+    assert dots["."].ino == far.ino and dots[".."].ino == ROOT_INODE
+    assert all(stat.S_ISDIR(attr.mode) for attr in dots.values())

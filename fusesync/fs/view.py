@@ -19,7 +19,7 @@ from fusesync.fs.dirs import DirFds
 from fusesync.fs.fetch import Fetch, Fetcher, FetchFailed
 from fusesync.fs.handles import DirHandle, Handles
 from fusesync.fs.journal import Journal
-from fusesync.fs.nodes import ROOT_INODE, Detached, InodeTable, Node
+from fusesync.fs.nodes import ROOT_INODE, InodeTable, Node
 from fusesync.index import Row
 from fusesync.remote.base import COPY_LIMIT
 from fusesync.sync.localfs import TMP_MARK, local_ids
@@ -43,6 +43,12 @@ def check_name(name: str) -> None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise fail(errno.EILSEQ, name) from None
+
+
+def _dot_attr(ino: int) -> Attr:
+    """What a listing gives for '.' and '..': the kernel takes only their inode number
+    and type from it (fuse_direntplus_link skips both names), so nothing is looked up."""
+    return Attr(ino, stat.S_IFDIR, 2, 0, 0, 0, 0, 0, 0, 0)
 
 
 class View:
@@ -208,22 +214,21 @@ class View:
     def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node | None, Attr, int]]:
         """Entries from offset `start`: (name, node, attributes, next offset). The caller
         must call remember() or discard() on each node it is given; '.' and '..' come
-        with no node, as the kernel takes no reference for them."""
+        with no node, as the kernel takes no reference for them, and with only their
+        inode number and type (_dot_attr)."""
         handle = self.handles.dir(dh)
         parent = handle.node
-        # One descriptor for the whole batch (no await until the caller is done with it)
-        # and no per-entry walk to the root: the common case costs one lstat an entry.
-        dir_fd = None if parent.detached else self.dirs.get(parent)
+        # One descriptor for the whole batch (no await until the caller is done with it),
+        # none when every name is a remote-only one, and no per-entry walk to the root:
+        # the common case costs one lstat an entry, or nothing.
+        listed_locally = len(handle.names) > len(handle.remote) + 2  # '.', '..' and those
+        dir_fd = self.dirs.get(parent) if listed_locally and not parent.detached else None
         fetching = self._fetching()
         for offset in range(start, len(handle.names)):
             name = handle.names[offset]
             if name == "." or name == "..":
                 dot = parent if name == "." else parent.parent or self.inodes.root
-                try:
-                    dot_attr = self.attr(dot)
-                except (FileNotFoundError, Detached):
-                    continue
-                yield name, None, dot_attr, offset + 1
+                yield name, None, _dot_attr(dot.inode), offset + 1
                 continue
             node = self.inodes.child(parent, name)
             row = handle.remote.get(name)
