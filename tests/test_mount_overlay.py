@@ -431,7 +431,7 @@ def test_kept_remote_rows_never_outlive_a_change_or_a_rollback(
     assert journal.remote_entry("a.txt") is None and "a.txt" not in journal.remote_children("")
 
 
-def test_dot_entries_carry_their_inode_and_type(overlay: Overlay) -> None:
+async def test_dot_entries_carry_their_inode_and_type(overlay: Overlay) -> None:
     far = overlay.lookup(ROOT_INODE, "far")  # remote-only: nothing to stat for '.'
     dh = overlay.opendir(far.ino)
     dots = {name: attr for name, node, attr, _ in overlay.readdir(dh, 0) if node is None}
