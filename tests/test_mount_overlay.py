@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +22,7 @@ from fusesync.fs.journal import Journal
 from fusesync.fs.mountsync import AbsentPaths
 from fusesync.fs.nodes import ROOT_INODE
 from fusesync.fs.overlay import Overlay
+from fusesync.fs.view import KEEP_LOCAL_ATTRS
 from fusesync.index import Index
 from fusesync.remote.base import Attrs, Head
 from fusesync.sync import base as columns
@@ -438,3 +440,22 @@ async def test_dot_entries_carry_their_inode_and_type(overlay: Overlay) -> None:
     overlay.releasedir(dh)
     assert dots["."].ino == far.ino and dots[".."].ino == ROOT_INODE
     assert all(stat.S_ISDIR(attr.mode) for attr in dots.values())
+
+
+async def test_listings_reuse_local_attributes_only_until_a_change(
+    overlay: Overlay, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert listing(overlay)["local.txt"].size == 5
+    (root / "local.txt").write_text("changed beside the mount")  # not expected; bounded
+    assert listing(overlay)["local.txt"].size == 5  # kept
+    with overlay.changing():  # as every request that may change attributes is wrapped
+        assert listing(overlay)["local.txt"].size == 24  # nothing kept while it runs
+        (root / "local.txt").write_text("through the mount")
+    assert listing(overlay)["local.txt"].size == 17
+    (root / "local.txt").write_text("beside it, again")
+    overlay.journal.mark("local.txt")  # any index row changing forgets them too
+    assert listing(overlay)["local.txt"].size == 16
+    (root / "local.txt").write_text("and once more")
+    later = time.monotonic() + KEEP_LOCAL_ATTRS
+    monkeypatch.setattr("fusesync.fs.view.time.monotonic", lambda: later)
+    assert listing(overlay)["local.txt"].size == 13  # kept for KEEP_LOCAL_ATTRS at most

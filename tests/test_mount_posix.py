@@ -101,3 +101,36 @@ def test_posix_rename_flags_sparse_mmap_and_large_dirs(mount: Mount) -> None:
     assert set(os.listdir(home / "many")) == names
     (home / "many" / "entry-00000").unlink()
     assert len(os.listdir(home / "many")) == 2999
+
+
+def test_listings_after_changes_show_the_changes(mount: Mount) -> None:
+    """A listing hands the kernel every entry's attributes, which replace what it had:
+    those the daemon keeps between listings must never be older than a change made
+    through the mount (a write, a chmod, a utime, a truncate, a rename over)."""
+    home = mount.path
+    (home / "d").mkdir()
+    for name in ("a", "b", "c", "e"):
+        (home / "d" / name).write_text("x")
+
+    def listed() -> dict[str, os.stat_result]:
+        return {e.name: e.stat(follow_symlinks=False) for e in os.scandir(home / "d")}
+
+    assert {name: st.st_size for name, st in listed().items()} == dict.fromkeys("abce", 1)
+    for _ in range(2):  # listed twice: the second listing may reuse what the first kept
+        assert len(listed()) == 4
+    with (home / "d" / "a").open("a") as f:
+        f.write("more")
+    os.chmod(home / "d" / "b", 0o600)
+    os.utime(home / "d" / "c", ns=(1_500_000_000_000_000_000,) * 2)
+    os.truncate(home / "d" / "e", 7)
+    after = listed()
+    assert after["a"].st_size == 5 and stat.S_IMODE(after["b"].st_mode) == 0o600
+    assert after["c"].st_mtime_ns == 1_500_000_000_000_000_000 and after["e"].st_size == 7
+    (home / "d" / "new").write_text("longer content")
+    os.rename(home / "d" / "new", home / "d" / "a")
+    assert listed()["a"].st_size == 14 and os.stat(home / "d" / "a").st_size == 14
+    with (home / "d" / "e").open("r+b", buffering=0) as f:
+        f.write(b"12345678")  # journaled once per handle: later writes change no row
+        assert listed()["e"].st_size == 8
+        f.write(b"9")
+        assert listed()["e"].st_size == 9 and os.fstat(f.fileno()).st_size == 9

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -59,6 +59,18 @@ def replies(
     return wrapper
 
 
+def changing(
+    fn: Callable[Concatenate[Adapter, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[Adapter, _P], Coroutine[Any, Any, _T]]:
+    """A request that may change an entry's attributes (Overlay.changing)."""
+    @functools.wraps(fn)
+    async def wrapper(adapter: Adapter, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with adapter.overlay.changing():
+            return await fn(adapter, *args, **kwargs)
+
+    return wrapper
+
+
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     out = pyfuse3.EntryAttributes()
     out.st_ino = attr.ino
@@ -88,7 +100,9 @@ def name_of(raw: bytes) -> str:
 
 
 class Adapter(pyfuse3.Operations):
-    """pyfuse3's Operations over an Overlay; every handler is one call and a conversion."""
+    """pyfuse3's Operations over an Overlay; every handler is one call and a conversion.
+    Those that may change attributes say so (@changing): the overlay's listings then
+    reuse nothing they kept."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -111,6 +125,7 @@ class Adapter(pyfuse3.Operations):
         return entry(self.overlay.getattr(inode))
 
     @replies
+    @changing
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx: Ctx
                       ) -> pyfuse3.EntryAttributes:
@@ -129,24 +144,29 @@ class Adapter(pyfuse3.Operations):
         return os.fsencode(self.overlay.readlink(inode))
 
     @replies
+    @changing
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Ctx
                     ) -> pyfuse3.EntryAttributes:
         return entry(self.overlay.mknod(parent_inode, name_of(name), mode, rdev, caller(ctx)))
 
     @replies
+    @changing
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Ctx
                     ) -> pyfuse3.EntryAttributes:
         return entry(self.overlay.mkdir(parent_inode, name_of(name), mode, caller(ctx)))
 
     @replies
+    @changing
     async def unlink(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         await self.overlay.unlink(parent_inode, name_of(name))
 
     @replies
+    @changing
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Ctx) -> None:
         self.overlay.rmdir(parent_inode, name_of(name))
 
     @replies
+    @changing
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Ctx
                       ) -> pyfuse3.EntryAttributes:
         return entry(self.overlay.symlink(
@@ -154,6 +174,7 @@ class Adapter(pyfuse3.Operations):
         ))
 
     @replies
+    @changing
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Ctx) -> None:
         await self.overlay.rename(
@@ -161,37 +182,45 @@ class Adapter(pyfuse3.Operations):
         )
 
     @replies
+    @changing
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Ctx
                    ) -> pyfuse3.EntryAttributes:
         return entry(self.overlay.link(inode, new_parent_inode, name_of(new_name)))
 
     @replies
+    @changing
     async def open(self, inode: int, flags: int, ctx: Ctx) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=await self.overlay.open(inode, flags), keep_cache=True)
 
     @replies
+    @changing
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Ctx
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, attr = self.overlay.create(parent_inode, name_of(name), mode, flags, caller(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(attr)
 
     @replies
+    @changing
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self.overlay.read(fh, off, size)
 
     @replies
+    @changing
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return self.overlay.write(fh, off, buf)
 
     @replies
+    @changing
     async def flush(self, fh: int) -> None:
         self.overlay.flush(fh)
 
     @replies
+    @changing
     async def release(self, fh: int) -> None:
         self.overlay.release(fh)
 
     @replies
+    @changing
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.overlay.fsync(fh, datasync)
 
@@ -222,6 +251,7 @@ class Adapter(pyfuse3.Operations):
         return statvfs(self.overlay.statfs())
 
     @replies
+    @changing
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Ctx) -> None:
         await self.overlay.setxattr(inode, name_of(name), value)
 
@@ -234,6 +264,7 @@ class Adapter(pyfuse3.Operations):
         return [os.fsencode(name) for name in self.overlay.listxattr(inode)]
 
     @replies
+    @changing
     async def removexattr(self, inode: int, name: bytes, ctx: Ctx) -> None:
         self.overlay.removexattr(inode, name_of(name))
 

@@ -65,21 +65,25 @@ class MountService:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
         async with self._busy:
-            if verb == "push" or verb == "pull":
-                run = self.push if verb == "push" else self.pull
-                report = await run(bool(request.get("dry_run")),
-                                   float(request.get("max_delete", 0.5)))
-                return {"status": report.exit_status,
-                        "output": output.sync_text(self.target, report)}
-            if verb == "status":
-                status = await self.status()
-                remote_only = self.index.count(
-                    "local_kind IS NULL AND remote_kind IN ('file', 'symlink') AND dirty = 0"
-                )
-                if self.overlay.fetcher is not None:  # being fetched: no longer remote-only
-                    remote_only = max(0, remote_only - len(self.overlay.fetcher.active))
-                return {"status": 0, "output": output.status_text(
-                    self.target, status, bool(request.get("json")), remote_only)}
+            with self.overlay.changing():  # a pull changes the tree behind the requests
+                return await self._handle(verb, request)
+
+    async def _handle(self, verb: object, request: dict[str, Any]) -> dict[str, Any]:
+        if verb == "push" or verb == "pull":
+            run = self.push if verb == "push" else self.pull
+            report = await run(bool(request.get("dry_run")),
+                               float(request.get("max_delete", 0.5)))
+            return {"status": report.exit_status,
+                    "output": output.sync_text(self.target, report)}
+        if verb == "status":
+            status = await self.status()
+            remote_only = self.index.count(
+                "local_kind IS NULL AND remote_kind IN ('file', 'symlink') AND dirty = 0"
+            )
+            if self.overlay.fetcher is not None:  # being fetched: no longer remote-only
+                remote_only = max(0, remote_only - len(self.overlay.fetcher.active))
+            return {"status": 0, "output": output.status_text(
+                self.target, status, bool(request.get("json")), remote_only)}
         return {"status": 2, "output": f"fusesync: the mount does not forward '{verb}'\n"}
 
     # -- detect: the journal instead of a scan ------------------------------------------

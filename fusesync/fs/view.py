@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 
 from fusesync.fs.attrs import Attr, FsStats
@@ -29,6 +30,11 @@ from fusesync.sync.pull import remote_owner
 from fusesync.sync.scan import md5_text
 
 REMOTE_ATTRS_KEPT = 200_000  # remote-only entries' attributes kept between listings
+LOCAL_ATTRS_KEPT = 200_000  # local entries' attributes kept between listings
+# Seconds a listing may reuse a local entry's attributes. Every change through the mount
+# forgets them at once (View.changing); this bounds only changes made beside the mount,
+# which the design does not expect (the kernel itself trusts attributes for 60 s).
+KEEP_LOCAL_ATTRS = 5.0
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -72,9 +78,40 @@ class View:
         self.removed: dict[int, Attr] = {}  # inode -> last attributes of a removed dir
         # inode -> (the listed row, its Attr): kept while listings return that same row
         self._remote_attrs: dict[int, tuple[Row, Attr]] = {}
+        # inode -> Attr of a local entry, as a listing lstat'ed it; see _kept_local_attrs
+        self._local_attrs: dict[int, Attr] = {}
+        self._local_attrs_at: tuple[int, tuple[int, int, int], int] | None = None
+        self._changes = 0  # requests that may change attributes, begun or ended
+        self._changing = 0  # such requests in flight
         self.as_root = os.geteuid() == 0
 
     # -- resolving -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Around anything that may change an entry's attributes (every request but the
+        lookups, listings and reads of metadata; a push or pull run by the daemon):
+        listings keep no local attributes while it runs and forget those kept before."""
+        self._changes += 1
+        self._changing += 1
+        try:
+            yield
+        finally:
+            self._changing -= 1
+            self._changes += 1
+
+    def _kept_local_attrs(self) -> dict[int, Attr] | None:
+        """Local entries' attributes a listing may reuse and add to, or None while a
+        change is in flight. Kept until a change begins or ends, any index row changes
+        (a fetch placed, a file evicted), or KEEP_LOCAL_ATTRS seconds pass."""
+        if self._changing:
+            return None
+        epoch = (self._changes, self.journal.index.version(),
+                 int(time.monotonic() // KEEP_LOCAL_ATTRS))
+        if epoch != self._local_attrs_at:
+            self._local_attrs.clear()
+            self._local_attrs_at = epoch
+        return self._local_attrs
 
     def node(self, ino: int) -> Node:
         return self.inodes.get(ino)
@@ -224,6 +261,7 @@ class View:
         listed_locally = len(handle.names) > len(handle.remote) + 2  # '.', '..' and those
         dir_fd = self.dirs.get(parent) if listed_locally and not parent.detached else None
         fetching = self._fetching()
+        kept = self._kept_local_attrs() if dir_fd is not None else None
         for offset in range(start, len(handle.names)):
             name = handle.names[offset]
             if name == "." or name == "..":
@@ -239,7 +277,7 @@ class View:
                     # a remote-only entry as listed at opendir: no lstat, no query
                     attr = self._remote_attr(node, row)
                 else:
-                    attr = self._local_attr(dir_fd, node)
+                    attr = self._local_attr(dir_fd, node, kept)
             except FileNotFoundError:
                 self.discard(node)  # gone since opendir: skipped, offsets stay stable
                 continue
@@ -258,13 +296,23 @@ class View:
         self._remote_attrs[node.inode] = (row, attr)
         return attr
 
-    def _local_attr(self, dir_fd: int | None, node: Node) -> Attr:
-        """attr() of a name the local listing had, in the directory `dir_fd`."""
+    def _local_attr(self, dir_fd: int | None, node: Node, kept: dict[int, Attr] | None
+                    ) -> Attr:
+        """attr() of a name the local listing had, in the directory `dir_fd`; reused
+        from `kept` (_kept_local_attrs) when there, and added to it."""
+        if kept is not None:
+            attr = kept.get(node.inode)
+            if attr is not None:
+                return attr
         if dir_fd is not None:
             try:
-                return Attr.from_stat(node.inode, os.lstat(node.name, dir_fd=dir_fd))
+                attr = Attr.from_stat(node.inode, os.lstat(node.name, dir_fd=dir_fd))
             except FileNotFoundError:
                 pass
+            else:
+                if kept is not None and len(kept) < LOCAL_ATTRS_KEPT:
+                    kept[node.inode] = attr
+                return attr
         return self.attr(node)  # gone, or the directory is: whatever attr() finds now
 
     def _fetching(self) -> dict[Node, Fetch]:
