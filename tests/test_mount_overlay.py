@@ -459,3 +459,8 @@ async def test_listings_reuse_local_attributes_only_until_a_change(
     later = time.monotonic() + KEEP_LOCAL_ATTRS
     monkeypatch.setattr("fusesync.fs.view.time.monotonic", lambda: later)
     assert listing(overlay)["local.txt"].size == 13  # kept for KEEP_LOCAL_ATTRS at most
+    (root / "beside").write_text("")  # names are kept as long
+    assert "beside" not in listing(overlay)
+    with overlay.changing():
+        (root / "through").write_text("")
+    assert {"beside", "through"} <= set(listing(overlay))

@@ -134,3 +134,10 @@ def test_listings_after_changes_show_the_changes(mount: Mount) -> None:
         assert listed()["e"].st_size == 8
         f.write(b"9")
         assert listed()["e"].st_size == 9 and os.fstat(f.fileno()).st_size == 9
+    (home / "d" / "f").write_text("")  # names: kept between listings too
+    (home / "d" / "g").mkdir()
+    assert {"f", "g"} <= set(listed())
+    (home / "d" / "f").unlink()
+    (home / "d" / "g").rmdir()
+    os.rename(home / "d" / "e", home / "d" / "h")
+    assert sorted(listed()) == ["a", "b", "c", "h"]

@@ -78,9 +78,11 @@ class View:
         self.removed: dict[int, Attr] = {}  # inode -> last attributes of a removed dir
         # inode -> (the listed row, its Attr): kept while listings return that same row
         self._remote_attrs: dict[int, tuple[Row, Attr]] = {}
-        # inode -> Attr of a local entry, as a listing lstat'ed it; see _kept_local_attrs
+        # what listings saw of the local tree, reused while nothing may have changed it
+        # (_kept_local): inode -> Attr of an entry, inode -> a directory's local names
         self._local_attrs: dict[int, Attr] = {}
-        self._local_attrs_at: tuple[int, tuple[int, int, int], int] | None = None
+        self._local_names: dict[int, list[str]] = {}
+        self._local_at: tuple[int, tuple[int, int, int], int] | None = None
         self._changes = 0  # requests that may change attributes, begun or ended
         self._changing = 0  # such requests in flight
         self.as_root = os.geteuid() == 0
@@ -100,18 +102,23 @@ class View:
             self._changing -= 1
             self._changes += 1
 
-    def _kept_local_attrs(self) -> dict[int, Attr] | None:
-        """Local entries' attributes a listing may reuse and add to, or None while a
-        change is in flight. Kept until a change begins or ends, any index row changes
-        (a fetch placed, a file evicted), or KEEP_LOCAL_ATTRS seconds pass."""
+    def _kept_local(self) -> bool:
+        """Whether listings may reuse (and add to) what they saw of the local tree: not
+        while a change is in flight. What they kept is forgotten when a change begins or
+        ends, when any index row changes (a fetch placed, a file evicted), and after
+        KEEP_LOCAL_ATTRS seconds."""
         if self._changing:
-            return None
+            return False
         epoch = (self._changes, self.journal.index.version(),
                  int(time.monotonic() // KEEP_LOCAL_ATTRS))
-        if epoch != self._local_attrs_at:
+        if epoch != self._local_at:
             self._local_attrs.clear()
-            self._local_attrs_at = epoch
-        return self._local_attrs
+            self._local_names.clear()
+            self._local_at = epoch
+        return True
+
+    def _kept_local_attrs(self) -> dict[int, Attr] | None:
+        return self._local_attrs if self._kept_local() else None
 
     def node(self, ino: int) -> Node:
         return self.inodes.get(ino)
@@ -226,12 +233,19 @@ class View:
             raise fail(errno.ENOENT if row is None else errno.EINVAL, node.path)
         return str(row["remote_target"])
 
-    def _names(self, node: Node) -> tuple[list[str], dict[str, Row]]:
-        """A directory's local names and its remote-only entries not among them."""
-        fd = self.dirs.get(node)
+    def _names(self, node: Node, listing: bool = False) -> tuple[list[str], dict[str, Row]]:
+        """A directory's local names and its remote-only entries not among them; for a
+        `listing` (opendir), local names may be the ones a listing kept (_kept_local)."""
+        reuse = listing and self._kept_local()
+        kept = self._local_names.get(node.inode) if reuse else None
+        fd = self.dirs.get(node) if kept is None else None
         local: list[str] = []
-        if fd is not None:
+        if kept is not None:
+            local = kept
+        elif fd is not None:
             local = [name for name in os.listdir(fd) if TMP_MARK not in name]
+            if reuse and len(self._local_names) < LOCAL_ATTRS_KEPT:
+                self._local_names[node.inode] = local
         elif self._remote(node) is None:
             raise fail(errno.ENOENT, node.path)
         try:
@@ -245,7 +259,7 @@ class View:
         node = self.node(ino)
         if node.detached:  # removed while someone still has it open (or as cwd): empty
             return self.handles.add_dir(DirHandle(node, []))
-        local, remote = self._names(node)
+        local, remote = self._names(node, listing=True)
         return self.handles.add_dir(DirHandle(node, [".", "..", *local, *remote], remote))
 
     def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node | None, Attr, int]]:
