@@ -69,7 +69,8 @@ class Evictor:
         used = self.overlay.last_used
         rows = sorted(self.index.rows(CLEAN), key=lambda r: used.get(r["path"], -math.inf))
         evicted: list[str] = []
-        with Tree(self.overlay.root_fd) as tree:
+        # files turn remote-only under the listings' feet: they keep nothing meanwhile
+        with self.overlay.changing(), Tree(self.overlay.root_fd) as tree:
             for row in rows:
                 if total <= self.limit:
                     break
