@@ -264,6 +264,7 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
     # forwarded push or pull start faster without them
     import trio
 
+    from fusesync import heap
     from fusesync.sync.report import Report
     from fusesync.sync.session import open_engine
     if verb == "push":
@@ -284,6 +285,7 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
             run = engine.push if verb == "push" else engine.pull
             return await run(dry_run=dry_run, max_delete=max_delete)
 
+    heap.settle()
     report = trio.run(go)
     permissions()
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from fusesync import crypt
+from fusesync import crypt, heap
 from fusesync.config import Config, Target
 from fusesync.crypt.passphrase import PassphraseSource
 from fusesync.errors import BusyError, FusesyncError
@@ -95,6 +95,7 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         # mounted, a read through our own mount from a worker thread would wait on us.
         remote.prepare()
         crypt.preload()
+        heap.settle()
         log.info("mounting '%s' at %s", target.name, target.path)
         trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
         log.info("unmounted '%s'", target.name)

@@ -1,0 +1,27 @@
+"""The cyclic garbage collector, set for runs that move thousands of files.
+
+A pull or push allocates a few small objects per file (rows, request state, trio's
+bookkeeping) and keeps the index's rows and the plan alive for the whole run. With
+CPython's default thresholds the collector ran a young collection every 700 allocations
+and, every so often, a full one that walked every object the imports had made (some
+hundred thousand: modules, functions, classes): 4-5% of a pull's CPU on this 2-core
+machine, profiled with perf. Objects made before the run are frozen out of the
+collector's sight (they live until exit anyway), and young collections run ten times
+less often; cycles are still collected.
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_THRESHOLD = 10_000
+"""Allocations (net of frees) between young collections; CPython's default is 700."""
+
+
+def settle() -> None:
+    """Freeze what exists now (imports, settings) and space out young collections. Call
+    once the modules a run needs are imported, before the run itself."""
+    gc.collect()  # what the imports left as garbage goes now, not frozen forever
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
