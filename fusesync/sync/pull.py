@@ -44,8 +44,8 @@ SMALL = 1 << 20
 LANDING_BATCH = 128
 """Small files landed per worker-thread hop and per syncfs."""
 IN_MEMORY = 2 * LANDING_BATCH
-"""Small files fetched and not yet landed, at most: a batch landing, the next one filling
-(so at most 256 MiB, and a few MiB for a home directory's files)."""
+"""Workers of a run, so small files fetched and not yet landed, at most: a batch landing,
+the next one filling (so at most 256 MiB, and a few MiB for a home directory's files)."""
 
 
 def conflict_name(name: str, when: float | None = None, host: str | None = None) -> str:
@@ -93,7 +93,6 @@ class Puller:
         self._disk = trio.CapacityLimiter(8)
         self._landing: Batcher[Download]
         self._net = trio.CapacityLimiter(1)  # set per run
-        self._in_memory = trio.CapacityLimiter(IN_MEMORY)
         self.rows = RowWriter(index)
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
@@ -108,8 +107,8 @@ class Puller:
         )
         for action in dirs:  # parents before children, so files have somewhere to land
             await self._guarded(action, self._make_dir, final=False)
-        # Requests in flight; a small file gives its slot back once fetched, so the
-        # network never waits for a batch to land.
+        # Large and encrypted files in flight, each holding its slot for all its requests;
+        # a small file's one request is bounded by the remote's own limiter alone.
         self._net = trio.CapacityLimiter(concurrency)
 
         transfers = []
@@ -204,19 +203,19 @@ class Puller:
 
     async def _fetch_small(self, row: Row, expect: Version | bool | None,
                            final_name: str | None) -> tuple[os.stat_result, str]:
+        """One GET, then the body waits for its batch to land. No limiter of its own: the
+        remote's bounds the requests in flight, and the number of workers (IN_MEMORY)
+        the bodies in memory, as each worker fetches one file at a time."""
         path = row["path"]
-        async with self._in_memory:
-            async with self._net:
-                got = await self.remote.get_bytes(self.target.prefix + path,
-                                                  if_match=row["remote_etag"])
-            if got is None:
-                raise RemoteChanged(path)
-            body = got[0]
-            self.progress.advance(size=len(body))
-            landing = Download(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
-                               remote_owner(row), expect, final_name,
-                               expected_md5=row["remote_md5"])
-            await self._landing.submit(landing)
+        got = await self.remote.get_bytes(self.target.prefix + path, if_match=row["remote_etag"])
+        if got is None:
+            raise RemoteChanged(path)
+        body = got[0]
+        self.progress.advance(size=len(body))
+        landing = Download(path, body, row["remote_mode"] or 0o644, remote_mtime_ns(row),
+                           remote_owner(row), expect, final_name,
+                           expected_md5=row["remote_md5"])
+        await self._landing.submit(landing)
         if isinstance(landing.result, Exception):
             raise landing.result
         assert landing.result is not None, "a handled batch sets every result"
