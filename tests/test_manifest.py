@@ -7,10 +7,20 @@ import gzip
 import json
 import os
 import stat
+import subprocess
 
+import pytest
 from syncenv import Cluster, keys
 
-from fusesync.sync.manifest import ManifestEntry, decode, decode_raw, encode, encode_raw
+from fusesync.sync import manifest
+from fusesync.sync.manifest import (
+    ManifestBody,
+    ManifestEntry,
+    decode,
+    decode_raw,
+    encode,
+    encode_raw,
+)
 
 NOT_UTF8 = b"runs/\xff\xfe-latest"
 
@@ -50,6 +60,37 @@ def test_fields_of_a_newer_version_survive_a_merge() -> None:
     raw = decode_raw(encode_raw({"a": {"kind": "file", "size": 1, "future": [1, 2]}}))
     assert raw["a"]["future"] == [1, 2]
     assert decode(encode_raw(raw)) == {"a": ManifestEntry(kind="file", size=1)}
+
+
+def test_a_kept_body_writes_again_only_what_changed(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path) -> None:
+    """The mount daemon's manifest: after the first write, a change compresses one shard
+    again, not every entry; what it writes reads back whole, by us and by gunzip."""
+    entries = {f"d{i // 50}/f{i}": {"kind": "file", "size": i} for i in range(5000)}
+    body = ManifestBody(dict(entries))
+    assert decode_raw(body.encode()) == entries  # the first write: all at once
+    assert decode_raw(body.encode()) == entries  # now in shards
+    compressed: list[int] = []
+    member = manifest._member
+    monkeypatch.setattr(manifest, "_member", lambda text: compressed.append(len(text))
+                        or member(text))
+    body.set("d3/f150", {"kind": "file", "size": 7})
+    body.set("new/one", {"kind": "symlink", "target": "d3"})
+    body.set("d0/f1", None)
+    body.set("never/there", None)
+    data = body.encode()
+    entries.update({"d3/f150": {"kind": "file", "size": 7},
+                    "new/one": {"kind": "symlink", "target": "d3"}})
+    del entries["d0/f1"]
+    assert decode_raw(data) == entries
+    assert len(compressed) <= 4 and sum(compressed) < len(json.dumps(entries)) / 10
+    (tmp_path / "m.gz").write_bytes(data)
+    text = subprocess.run(["gunzip", "-c", str(tmp_path / "m.gz")], capture_output=True,
+                          check=True).stdout
+    assert json.loads(text) == {"format": 1, "entries": entries}
+    for path in list(entries):  # emptied: still a manifest
+        body.set(path, None)
+    assert decode_raw(body.encode()) == {}
 
 
 def test_symlink_target_not_utf8_is_skipped_and_reported(one: Cluster, s3) -> None:

@@ -20,7 +20,7 @@ from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import DIR_CONTENT_TYPE, Attrs, Head, Remote
 from fusesync.sync import base as columns
 from fusesync.sync.localfs import group_name, user_name
-from fusesync.sync.manifest import ManifestEntry, RawEntries, encode_raw, raw
+from fusesync.sync.manifest import ManifestBody, ManifestEntry, raw
 from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.remote_scan import fetch_manifest
@@ -85,9 +85,10 @@ class Pusher:
         cluster writing it meanwhile makes that merge's conditional write fail and retry."""
         if self.manifest_cache is None:
             self.manifest_cache = ManifestCache()
-        if self.manifest_cache.entries is None:
+        if self.manifest_cache.body is None:
             cache = self.manifest_cache
-            cache.entries, cache.etag = await fetch_manifest(self.remote, self.target)
+            entries, cache.etag = await fetch_manifest(self.remote, self.target)
+            cache.body = ManifestBody(entries)
 
     async def _do(self, action: Action) -> None:
         row = action.row
@@ -210,10 +211,11 @@ class Pusher:
 @dataclass
 class ManifestCache:
     """The manifest as a long-lived process (the mount daemon) last wrote it: its next
-    merge starts from it instead of fetching and decoding every entry again, and the
-    conditional write still finds out when another cluster wrote meanwhile."""
+    merge starts from it instead of fetching and decoding every entry again, encodes only
+    the shards its changes touch, and the conditional write still finds out when another
+    cluster wrote meanwhile."""
 
-    entries: RawEntries | None = None
+    body: ManifestBody | None = None
     etag: str | None = None
 
 
@@ -223,25 +225,23 @@ async def merge_manifest(remote: Remote, target: Target,
     """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race.
     The entries it leaves alone stay plain dicts, as decoded."""
     for _ in range(attempts):
-        if cache is not None and cache.entries is not None:
-            entries, etag = cache.entries, cache.etag
-            cache.entries = None  # set again only once this merge is written
+        if cache is not None and cache.body is not None:
+            body, etag = cache.body, cache.etag
+            cache.body = None  # set again only once this merge is written
         else:
             entries, etag = await fetch_manifest(remote, target)
+            body = ManifestBody(entries)
         for path, entry in changes.items():
-            if entry is None:
-                entries.pop(path, None)
-            else:
-                entries[path] = raw(entry)
+            body.set(path, None if entry is None else raw(entry))
         try:
             written = await remote.put_bytes(
-                target.manifest_key, encode_raw(entries),
+                target.manifest_key, body.encode(),
                 content_type="application/gzip",
                 **({"if_match": etag} if etag else {"if_none_match": True}),
             )
         except RemoteChanged:
             continue  # another cluster wrote it meanwhile: merge again
         if cache is not None:
-            cache.entries, cache.etag = entries, written
+            cache.body, cache.etag = body, written
         return
     raise FusesyncError("the manifest kept changing under this run; run it again")
