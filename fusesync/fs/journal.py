@@ -89,7 +89,7 @@ class Journal:
 
     def moves(self) -> list[Row]:
         """Rows whose object still sits at an old path (remote_from), parents first."""
-        return list(self.index.rows("remote_from IS NOT NULL"))
+        return self.index.few_rows("remote_from IS NOT NULL")
 
     def moved(self, row: Row, etag: str | None) -> None:
         """Push copied `row`'s object from its old path and deleted it there."""
@@ -128,7 +128,7 @@ class Journal:
         return taken
 
     def dirty_rows(self, upto: int) -> list[Row]:
-        return list(self.index.rows("dirty != 0 AND dirty <= ?", (upto,)))
+        return self.index.few_rows("dirty != 0 AND dirty <= ?", (upto,))
 
     def clear(self, path: str, upto: int) -> None:
         """Push carried `path` as of journal number `upto`; later marks stay."""

@@ -129,7 +129,7 @@ class MountService:
             action = plan_push(row, remote_listed=False)
             if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
-        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files())
+        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
             return report.done()
@@ -187,7 +187,7 @@ class MountService:
         planned = [(a, row) for row in self.index.rows()
                    if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
         actions = [action for action, _ in planned]
-        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files())
+        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
             return report.done()

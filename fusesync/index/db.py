@@ -47,7 +47,11 @@ class Index:
             self.conn = conn
             self.path = path
             self._rollbacks = 0
-            self._migrate()
+            try:
+                self._migrate()
+            except BaseException:
+                conn.close()
+                raise
         except sqlite3.DatabaseError as exc:
             raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
 
@@ -140,6 +144,14 @@ class Index:
     def rows(self, where: str = "1", params: Sequence[Any] = ()) -> Iterator[Row]:
         """All rows matching a fixed condition of the engine's, in path order."""
         yield from self.conn.execute(f"SELECT * FROM paths WHERE {where} ORDER BY path", params)
+
+    def few_rows(self, where: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows matching a condition a partial index covers (the journal's dirty
+        rows, moved rows), in path order. Found through that index, then sorted: asked for
+        path order, SQLite walks every row in path order instead (17 ms at 50,000 paths
+        for none found)."""
+        return sorted(self.conn.execute(f"SELECT * FROM paths WHERE {where}", params),
+                      key=lambda row: row["path"])
 
     def count(self, where: str = "1", params: Sequence[Any] = ()) -> int:
         count: int = self.conn.execute(

@@ -97,6 +97,15 @@ CREATE INDEX paths_moved ON paths(remote_from) WHERE remote_from IS NOT NULL;
 """
 
 
+# Version 4: a run ends by dropping the rows that say nothing any more (prune). Found
+# through an index of their own, that costs what the run emptied, not a walk of every row
+# (6-7 ms at 50,000 paths, after each push through a mount).
+V4 = """
+CREATE INDEX paths_empty ON paths(path)
+    WHERE base_kind IS NULL AND local_kind IS NULL AND remote_kind IS NULL;
+"""
+
+
 def create_v1(db: sqlite_utils.Database) -> None:
     for statement in statements(V1):
         db.execute(statement)
@@ -112,9 +121,16 @@ def add_remote_from(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def index_empty_rows(db: sqlite_utils.Database) -> None:
+    for statement in statements(V4):
+        db.execute(statement)
+
+
 Migration = Callable[["sqlite_utils.Database"], None]
 
-MIGRATIONS: tuple[Migration, ...] = (create_v1, add_remote_enc, add_remote_from)
+MIGRATIONS: tuple[Migration, ...] = (
+    create_v1, add_remote_enc, add_remote_from, index_empty_rows,
+)
 """MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version),
 inside one transaction; later ones can reshape tables with sqlite-utils' transform()."""
 

@@ -171,7 +171,7 @@ class Engine:
         actions = self.plan_push(remote_listed=False)
         actions += [a for a in self.sealing.unsealed(self.index, actions)
                     if a.row is not None and not excluded(self.exclude, a.row)]
-        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files())
+        guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
             return report.done()
@@ -207,7 +207,7 @@ class Engine:
                 "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
             )
         actions = self.plan_pull()
-        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files())
+        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
             return report.done()

@@ -4,6 +4,8 @@ target excludes, the delete guard, and readying the remote before the first writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fusesync.config import Target
 from fusesync.errors import SafetyStop
 from fusesync.index import Index, Row
@@ -19,10 +21,12 @@ def excluded(exclude: PathMatcher, row: Row) -> bool:
     return exclude.matches(row["path"], is_dir)
 
 
-def guard_deletes(actions: list[Action], op: Op, max_delete: float, synced: int) -> None:
-    """Stop before a run deletes more than `max_delete` of the `synced` files."""
+def guard_deletes(actions: list[Action], op: Op, max_delete: float,
+                  synced_files: Callable[[], int]) -> None:
+    """Stop before a run deletes more than `max_delete` of the files synced so far (a
+    count of every row: asked for only when the run deletes anything)."""
     deletes = sum(1 for a in actions if a.op == op and a.kind != Kind.DIR)
-    if deletes and deletes > max_delete * synced:
+    if deletes and deletes > max_delete * (synced := synced_files()):
         raise SafetyStop(
             f"this run would delete {deletes} of {synced} synced files "
             f"(more than {max_delete:.0%}); nothing was changed. "

@@ -1,0 +1,64 @@
+"""The index file across versions: an index written by the first version opens in this one
+with every row kept; one written by a newer version is refused, not damaged."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fusesync.errors import FusesyncError
+from fusesync.index import Index
+from fusesync.index.schema import MIGRATIONS, V1, statements
+
+
+def first_version_index(path: Path) -> None:
+    """An index as the first version left it: its schema alone, at user_version 1."""
+    conn = sqlite3.connect(path)
+    for statement in statements(V1):
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO paths (path, parent, base_kind, base_etag, local_kind, dirty) "
+        "VALUES ('notes.txt', '', 'file', 'e1', 'file', 0), "
+        "('gone.txt', '', NULL, NULL, NULL, 0), ('jobs/run.sh', 'jobs', 'file', 'e2', NULL, 3)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_an_index_of_the_first_version_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    first_version_index(path)
+    with Index(path) as index:
+        assert index.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert index.require("notes.txt")["base_etag"] == "e1"
+        assert index.require("notes.txt")["remote_enc"] is None  # columns added later
+        assert index.require("notes.txt")["remote_from"] is None
+        # the journal and the row that says nothing are found through their indexes
+        assert [row["path"] for row in index.few_rows("dirty != 0")] == ["jobs/run.sh"]
+        assert index.prune() == 1
+        assert index.get("gone.txt") is None
+        plan = index.conn.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM paths WHERE base_kind IS NULL "
+            "AND local_kind IS NULL AND remote_kind IS NULL AND dirty = 0"
+        ).fetchall()
+        assert "paths_empty" in " ".join(row["detail"] for row in plan)
+    with Index(path) as index:  # opened again: nothing to migrate, nothing lost
+        assert index.require("jobs/run.sh")["dirty"] == 3
+
+
+def test_an_index_of_a_newer_version_is_refused_not_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    first_version_index(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(FusesyncError, match="newer than this fusesync understands"):
+        Index(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+    assert conn.execute("SELECT count(*) FROM paths").fetchone()[0] == 3
+    conn.close()
