@@ -153,6 +153,24 @@ def test_changes_through_the_mount_are_journaled_and_pushed(one: Cluster, two: C
     assert_clean_log(two)
 
 
+def test_the_s3_client_reads_its_settings_through_the_mount(one: Cluster, two: Cluster) -> None:
+    """boto3's client is built once the mount serves, in a worker thread: its settings may
+    lie inside the mounted home. A push that needs it (a multipart upload) at once after
+    mounting completes, and the daemon does not wait on itself."""
+    (two.home / "settings").mkdir()  # not .aws/, which the default target encrypts
+    (two.home / "settings" / "aws.conf").write_text("[default]\nregion = us-east-1\n")
+    env = {**two.env, "AWS_CONFIG_FILE": str(two.home / "settings" / "aws.conf")}
+    data = os.urandom(20 << 20)  # over the multipart threshold: boto3 starts the upload
+    with mounted(two.home, env):
+        (two.home / "big.bin").write_bytes(data)
+        output = mounted_run(two, "push")
+        assert " 0 conflicts" in output
+    one.pull()
+    assert (one.home / "big.bin").read_bytes() == data
+    assert (one.home / "settings" / "aws.conf").read_text().startswith("[default]")
+    assert_clean_log(two)
+
+
 def test_pull_while_mounted_shows_new_content_at_once(one: Cluster, two: Cluster) -> None:
     populate_remote(one)
     remote_only_state(two)

@@ -91,9 +91,6 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         exclude = PathMatcher(target.exclude)
         _reconcile(root_fd, index, exclude)
         remote = S3Remote(config.settings)
-        # Everything boto3 reads at start (its data files, ~/.aws) must be read now: once
-        # mounted, a read through our own mount from a worker thread would wait on us.
-        remote.prepare()
         crypt.preload()
         heap.settle()
         log.info("mounting '%s' at %s", target.name, target.path)
@@ -154,6 +151,18 @@ def _reconcile(root_fd: int, index: Index, exclude: PathMatcher) -> None:
     log.info("scanned %d paths; %d changed since the last sync", result.paths, changed)
 
 
+async def _prepare(remote: S3Remote) -> None:
+    """Build boto3's client (~0.2 s: imports, data files, ~/.aws) once the mount serves,
+    in a worker thread: the files it reads may lie under the mount, and a worker's read
+    is served by the trio thread, never waited on by it. Requests that need boto3 (the
+    light path and the CRT cover most) wait for the client in their own worker thread;
+    one that fails here is tried again by the first of them, which reports it."""
+    try:
+        await trio.to_thread.run_sync(remote.prepare, abandon_on_cancel=True)
+    except Exception as exc:  # reported again by the first request that needs it
+        log.warning("the S3 client could not be built yet: %s", exc)
+
+
 async def _serve(config: Config, target: Target, options: MountOptions, root_fd: int,
                  index: Index, remote: S3Remote, exclude: PathMatcher,
                  ready: Callable[[], None]) -> None:
@@ -186,6 +195,7 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                         fetcher.on_fetched = evictor.poke
                         nursery.start_soon(evictor.run)
                     ready()
+                    nursery.start_soon(_prepare, remote)
 
                 nursery.start_soon(_signals)
                 nursery.start_soon(services)

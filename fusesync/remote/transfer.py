@@ -64,8 +64,13 @@ class Link:
         """One client request (blocking, in a worker thread): Bucket, and Key unless None."""
         if key is not None:
             kwargs["Key"] = key
-        fn = getattr(self.client, method)
-        return await self.call(method, key, functools.partial(fn, Bucket=self.bucket, **kwargs))
+
+        def send() -> Any:
+            # Looked up in the worker thread as well: the lookup may build boto3's client,
+            # which reads files (perhaps through the mount), and trio's thread never waits.
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+
+        return await self.call(method, key, send)
 
 
 @contextlib.asynccontextmanager
