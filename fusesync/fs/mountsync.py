@@ -30,7 +30,7 @@ from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
-from fusesync.sync.plan import Action, Op, plan_pull, plan_push
+from fusesync.sync.plan import REMOTE_MOVED, Action, Op, plan_pull, plan_push, sql_functions
 from fusesync.sync.pull import Puller, local_version
 from fusesync.sync.push import ManifestCache, Pusher
 from fusesync.sync.remote_scan import scan_remote
@@ -51,6 +51,7 @@ class MountService:
         self.target = target
         self.sealing = sealing or Sealing(target, remote, None)
         self.index = index
+        sql_functions(index.conn)  # REMOTE_MOVED's
         self.remote = remote
         self.overlay = overlay
         self.journal = journal
@@ -59,7 +60,7 @@ class MountService:
         self.tree_path = Path(f"/proc/self/fd/{overlay.root_fd}")  # beneath the mount
         self._busy = trio.Lock()
         # the manifest as this daemon last wrote it: a push after one change then costs no
-        # fetch and decode of every path's entry (it still encodes them all)
+        # fetch and decode of every path's entry, and encodes only the shards it touches
         self.manifest = ManifestCache()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +185,7 @@ class MountService:
                 f"the remote {self.target.url} is empty but {synced} paths were synced from it "
                 "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
             )
-        planned = [(a, row) for row in self.index.rows()
+        planned = [(a, row) for row in self.index.rows(REMOTE_MOVED)  # pull acts on no other
                    if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
         actions = [action for action, _ in planned]
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
