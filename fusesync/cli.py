@@ -285,8 +285,8 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
             run = engine.push if verb == "push" else engine.pull
             return await run(dry_run=dry_run, max_delete=max_delete)
 
-    heap.settle()
-    report = trio.run(go)
+    with heap.settled():
+        report = trio.run(go)
     permissions()
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
     for action in report.planned:

@@ -13,14 +13,24 @@ run ten times less often; cycles are still collected.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 YOUNG_THRESHOLD = 10_000
 """Allocations (net of frees) between young collections; CPython's default is 700."""
 
 
-def settle() -> None:
-    """Freeze what exists now (imports, settings) and space out young collections. Call
-    once the modules a run needs are imported, before the run itself."""
+@contextmanager
+def settled() -> Iterator[None]:
+    """For the block: what exists now (imports, settings) frozen, young collections
+    spaced out. Enter once the modules a run needs are imported. On the way out both are
+    undone, so a caller that runs commands in its own process (the tests' CliRunner)
+    leaks nothing: frozen, the garbage of earlier runs (sockets, databases) would stay."""
+    thresholds = gc.get_threshold()
     gc.freeze()  # no collection first: a full one costs ~12 ms, more than imports leave
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    gc.set_threshold(YOUNG_THRESHOLD, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

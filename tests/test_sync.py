@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import sys
@@ -331,6 +332,26 @@ def test_pull_refuses_cleanly_on_bad_remote(one: Cluster, two: Cluster, fusesync
     assert result.exit_code == 1 and "cannot reach" in result.output
     assert time.monotonic() - started < 60
     assert index.read_bytes() == before
+
+
+def test_commands_run_in_one_process_leak_nothing(one: Cluster) -> None:
+    """A caller that runs many commands in its own process (as these tests do) gets its
+    garbage collector back as it was and keeps no file descriptor from finished runs."""
+    (one.home / "a.txt").write_text("a")
+    assert one.push().exit_code == 0
+    thresholds = gc.get_threshold()
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(40):
+        (one.home / "a.txt").write_text(f"a {i}")
+        assert one.push().exit_code == 0
+        assert one.pull().exit_code == 0
+    assert gc.get_threshold() == thresholds and gc.get_freeze_count() == 0
+    gc.collect()  # the CRT lets go of a client's sockets on its own threads, soon after
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(os.listdir("/proc/self/fd")) <= before + 5
 
 
 def test_progress_bar_on_a_terminal_only(one: Cluster) -> None:

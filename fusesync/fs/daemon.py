@@ -92,9 +92,9 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         _reconcile(root_fd, index, exclude)
         remote = S3Remote(config.settings)
         crypt.preload()
-        heap.settle()
         log.info("mounting '%s' at %s", target.name, target.path)
-        trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
+        with heap.settled():
+            trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
         log.info("unmounted '%s'", target.name)
 
 
