@@ -11,7 +11,7 @@ import pytest
 from fusesync.index import Index, RowWriter
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
-from fusesync.sync.scan import ScanResult, scan_tree
+from fusesync.sync.scan import BACKGROUND_HASH, ScanResult, scan_tree
 
 
 @pytest.fixture
@@ -44,6 +44,32 @@ def test_scan_records_kinds_and_hashes_only_what_moved(tmp_path: Path, index: In
 
     (root / "a" / "b" / "f.txt").write_text("changed")
     assert scan(root, index).hashed == 1
+
+
+def test_large_files_hashed_beside_the_walk_are_recorded_right(tmp_path: Path,
+                                                                index: Index) -> None:
+    """Files from BACKGROUND_HASH up are hashed by other threads while the walk goes on:
+    each row still gets its own file's MD5, in every batch of rows, and a change of one
+    is seen again."""
+    root = tmp_path / "tree"
+    bodies: dict[str, bytes] = {}
+    for i in range(6):
+        (root / f"d{i}").mkdir(parents=True)
+        bodies[f"d{i}/big.bin"] = os.urandom(BACKGROUND_HASH + i)
+        for j in range(500):  # over a batch of rows, so some are written mid-walk
+            bodies[f"d{i}/small{j}.txt"] = b"s%d-%d" % (i, j)
+    for path, body in bodies.items():
+        (root / path).write_bytes(body)
+    result = scan(root, index)
+    assert result.hashed == len(bodies) and not result.skipped
+    for path, body in bodies.items():
+        assert index.require(path)["local_md5"] == hashlib.md5(body).hexdigest(), path
+    changed = bytearray(bodies["d3/big.bin"])
+    changed[-1] ^= 1
+    (root / "d3" / "big.bin").write_bytes(changed)
+    again = scan(root, index)
+    assert again.hashed == 1
+    assert index.require("d3/big.bin")["local_md5"] == hashlib.md5(changed).hexdigest()
 
 
 def test_scan_marks_removed_subtrees_absent(tmp_path: Path, index: Index) -> None:
