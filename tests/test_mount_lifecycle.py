@@ -200,3 +200,23 @@ def test_a_daemon_error_raised_inside_a_nursery_is_said_as_its_own_line() -> Non
     ])
     assert last_word(inside) == "cannot mount '/home/u': fuse: device not found"
     assert last_word(OSError(5, "Input/output error")) == "OSError(5, 'Input/output error')"
+
+
+def test_a_reply_the_kernel_no_longer_waits_for_is_no_error_in_the_log(tmp_path: Path) -> None:
+    """A lazy unmount right after a file is closed tears the mount down while its release
+    is still on its way: the kernel refuses the daemon's reply with ENOENT, which libfuse
+    takes as a request gone. The daemon's log shows no error for it; any other failure of
+    a reply still shows."""
+    import logging
+
+    from fusesync.fs.daemon import _logging
+
+    log_path = tmp_path / "mount.log"
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    with _logging(log_path):
+        pyfuse3_log.error("fuse_release(): fuse_reply_* failed with %s", os.strerror(errno.ENOENT))
+        pyfuse3_log.error("fuse_read(): fuse_reply_* failed with %s", os.strerror(errno.EINVAL))
+    text = log_path.read_text()
+    assert "fuse_release()" not in text
+    invalid = os.strerror(errno.EINVAL)
+    assert f"ERROR pyfuse3: fuse_read(): fuse_reply_* failed with {invalid}" in text

@@ -10,6 +10,7 @@ or SIGINT, closing in reverse order.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -134,11 +135,30 @@ def _logging(path: Path):  # type: ignore[no-untyped-def]
     root.addHandler(handler)  # pyfuse3's and the libraries' warnings too
     root.setLevel(logging.WARNING)
     ours.setLevel(logging.INFO)
+    gone = _RequestGone()
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    pyfuse3_log.addFilter(gone)
     try:
         yield
     finally:
+        pyfuse3_log.removeFilter(gone)
         root.removeHandler(handler)
         handler.close()
+
+
+class _RequestGone(logging.Filter):
+    """pyfuse3 logs an error when the kernel refuses a reply with ENOENT: the kernel no
+    longer waits for that request (it was interrupted, or the mount was torn down, as a
+    lazy unmount does right after the last file is closed, its release still on its way).
+    libfuse itself takes ENOENT so and stays silent; the log keeps it at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and "fuse_reply_* failed with" in message \
+                and message.endswith(os.strerror(errno.ENOENT)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+        return True
 
 
 def _reconcile(root_fd: int, index: Index, exclude: PathMatcher) -> None:
