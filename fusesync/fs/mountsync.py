@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import FusesyncError, SafetyStop
+from fusesync.errors import FusesyncError
 from fusesync.fs import moves, output
 from fusesync.fs.journal import Journal, is_remote_entry
 from fusesync.fs.overlay import Overlay
@@ -26,7 +26,12 @@ from fusesync.index import Index, Row
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
 from fusesync.sync.engine import DEFAULT_CONCURRENCY, Status
-from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
+from fusesync.sync.guards import (
+    excluded,
+    guard_deletes,
+    guard_empty_remote,
+    prepare_remote,
+)
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
@@ -179,15 +184,9 @@ class MountService:
         listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
-        synced = self.index.count("base_kind IS NOT NULL")
-        if listing.empty and synced:
-            raise SafetyStop(
-                f"the remote {self.target.url} is empty but {synced} paths were synced from it "
-                "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
-            )
-        planned = [(a, row) for row in self.index.rows(REMOTE_MOVED)  # pull acts on no other
+        guard_empty_remote(listing.empty, self.index, self.target)
+        actions = [a for row in self.index.rows(REMOTE_MOVED)  # pull acts on no other row
                    if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
-        actions = [action for action, _ in planned]
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
@@ -197,8 +196,9 @@ class MountService:
         delegated: list[Action] = []
         with Tree(self.overlay.root_fd) as tree:
             absent = AbsentPaths(tree)
-            # each action's row as planned: the loop changes no row but its own
-            for action, row in planned:
+            for action in actions:
+                row = action.row  # as planned: the loop changes no row but its own
+                assert row is not None, "plans carry their rows"
                 if action.path in writing and action.op in (Op.FETCH, Op.DELETE_LOCAL):
                     # replacing or removing it would strand what is written through the
                     # open handle; left for the next pull

@@ -20,7 +20,12 @@ from fusesync.errors import BucketNotFound, FusesyncError, SafetyStop, one_error
 from fusesync.index import Index
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
-from fusesync.sync.guards import excluded, guard_deletes, prepare_remote
+from fusesync.sync.guards import (
+    excluded,
+    guard_deletes,
+    guard_empty_remote,
+    prepare_remote,
+)
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
@@ -200,12 +205,7 @@ class Engine:
             listing, scan = await self._detect_remote_first()
         report.skipped.extend(listing.skipped)
         report.skipped.extend(scan.skipped)
-        synced = self.index.count("base_kind IS NOT NULL")
-        if listing.empty and synced:
-            raise SafetyStop(
-                f"the remote {self.target.url} is empty but {synced} paths were synced from it "
-                "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
-            )
+        guard_empty_remote(listing.empty, self.index, self.target)
         actions = self.plan_pull()
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:

@@ -21,6 +21,16 @@ def excluded(exclude: PathMatcher, row: Row) -> bool:
     return exclude.matches(row["path"], is_dir)
 
 
+def guard_empty_remote(listed_nothing: bool, index: Index, target: Target) -> None:
+    """Stop a pull whose listing found nothing while paths were synced from the remote
+    before (purged elsewhere, or the wrong bucket): it would delete them all here."""
+    if listed_nothing and (synced := index.count("base_kind IS NOT NULL")):
+        raise SafetyStop(
+            f"the remote {target.url} is empty but {synced} paths were synced from it "
+            "before (purged elsewhere, or the wrong bucket?); nothing was deleted"
+        )
+
+
 def guard_deletes(actions: list[Action], op: Op, max_delete: float,
                   synced_files: Callable[[], int]) -> None:
     """Stop before a run deletes more than `max_delete` of the files synced so far (a
