@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # python3, patchelf: the Debian package's interpreter, and its libraries' search paths;
-# tcsh, man-db: the tests of its csh login hook and man pages.
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 patchelf tcsh man-db
+# tcsh, man-db: the tests of its csh login hook and man pages; systemd: systemd-analyze
+# verifies its units (a test that would otherwise skip).
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 patchelf tcsh man-db systemd
 DEB_DIR ?= dist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
