@@ -81,3 +81,36 @@ def test_a_stalled_download_fails_the_pull_with_a_clear_line(
     assert last.endswith("/stuck\"")
     assert not (home / "stuck").exists()
     assert not [p for p in home.rglob("*") if ".fusesync-tmp-" in p.name]
+
+
+async def test_a_slow_upload_is_not_taken_for_a_stalled_one(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The CRT tells nothing of a PUT's body until it has all gone: over a slow link, a
+    PUT that moves no byte for longer than the idle timeout is still going, and succeeds
+    within the time its size allows."""
+    import hashlib
+
+    from fusesync.config import Settings
+    from fusesync.remote.crt import CrtClient
+    from fusesync.remote.s3 import S3Remote
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "slow-link")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "slow-link-secret")
+    monkeypatch.setattr(CrtClient, "idle_timeout", 0.5)
+    monkeypatch.setattr(CrtClient, "slowest_upload", 1 << 20)  # 1 MiB/s allowed
+    data = os.urandom(3 << 20)  # taken at 2 MiB/s: 1.5 s of no word from the CRT
+    (tmp_path / "big").write_bytes(data)
+    stub = HostileS3("slow-bucket", {}, upload_rate=2 << 20)
+    with stub.running():
+        remote = S3Remote(Settings(bucket="slow-bucket", endpoint_url=stub.endpoint_url,
+                                   region="us-east-1", addressing_style="path"))
+        assert remote._crt is not None
+        md5 = hashlib.md5(data).hexdigest()
+        etag = await remote.upload_file("p/big", tmp_path / "big", size=len(data), md5=md5)
+        await remote.aclose()
+    assert etag == md5 and stub.objects["p/big"] == data
+

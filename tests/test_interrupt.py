@@ -12,15 +12,16 @@ from pathlib import Path
 
 from syncenv import Cluster, keys, tree_of
 
+from fusesync.remote.s3 import MiB, S3Remote
 from fusesync.sync.localfs import TMP_MARK
 
 
-def many_files(home: Path, count: int = 400) -> None:
+def many_files(home: Path, count: int = 400, big: int = 40 * MiB) -> None:
     for i in range(count):
         folder = home / f"d{i % 10}"
         folder.mkdir(exist_ok=True)
         (folder / f"f{i}.txt").write_bytes(os.urandom(2000 + i))
-    (home / "big.bin").write_bytes(os.urandom(40 << 20))  # multipart
+    (home / "big.bin").write_bytes(os.urandom(big))  # ranged GETs on pull
 
 
 def start(cluster: Cluster, verb: str) -> subprocess.Popen[bytes]:
@@ -42,10 +43,16 @@ def kill_when(proc: subprocess.Popen[bytes], ready, timeout: float = 60) -> None
 
 
 def test_push_killed_half_way_then_finished(one: Cluster, s3) -> None:
-    many_files(one.home)
+    many_files(one.home, big=S3Remote.crt_put_limit + MiB)  # in parts: the kill leaves some
     proc = start(one, "push")
-    kill_when(proc, lambda: len(keys(s3, one.bucket)) >= 50)
+
+    def half_way() -> bool:
+        uploads = s3.list_multipart_uploads(Bucket=one.bucket).get("Uploads", [])
+        return bool(uploads) and len(keys(s3, one.bucket)) >= 50
+
+    kill_when(proc, half_way)
     assert len(keys(s3, one.bucket)) < 400  # really half-way
+    assert s3.list_multipart_uploads(Bucket=one.bucket).get("Uploads", [])  # left behind
     one.push()
     prefix = "sync/tester/default/"
     local = {k: v for k, v in tree_of(one.home).items() if v[0] == "file"}

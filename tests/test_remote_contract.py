@@ -72,7 +72,7 @@ def make_remote(
                 addressing_style="path",
             )
         )
-        s3.multipart_threshold = 6 * MiB
+        s3.multipart_threshold = s3.crt_put_limit = 6 * MiB
         s3.part_size = 5 * MiB
         made.append(s3)
         return FaultyRemote(s3) if request.param == "faulty" else s3
@@ -232,6 +232,45 @@ async def test_upload_file_multipart(
     assert no_uploads(s3, bucket)
     again = await remote.upload_file("p/big", path, size=BIG, md5=md5, attrs=None, if_match=etag)
     assert again.endswith("-3")
+
+
+def light_path(remote: Remote) -> S3Remote | None:
+    """The S3Remote behind `remote` when it sends through the CRT, else None."""
+    s3_remote = remote.inner if isinstance(remote, FaultyRemote) else remote
+    assert isinstance(s3_remote, S3Remote)
+    return s3_remote if s3_remote._crt is not None else None
+
+
+async def test_hashed_file_up_to_the_crt_limit_goes_in_one_put(
+    remote: Remote, tmp_path: Path, s3: S3Client, bucket: str
+) -> None:
+    """Past the multipart threshold, a file whose MD5 is known goes in one PUT the CRT
+    reads from disk (its etag the plain MD5), holding part buffers for its body while it
+    goes; a file that no longer has that MD5 is refused by the store and nothing is
+    written. boto3 alone sends parts."""
+    s3_remote = light_path(remote)
+    if s3_remote is not None:
+        s3_remote.crt_put_limit = 64 * MiB
+    data = os.urandom(BIG)
+    path, md5 = write_file(tmp_path / "big", data)
+    seen: list[int] = []
+    attrs = Attrs(mode=0o100640, uid=7, gid=8, mtime=1700000002.5)
+    etag = await remote.upload_file(
+        "p/big", path, size=BIG, md5=md5, attrs=attrs, if_none_match=True, progress=seen.append
+    )
+    assert etag == md5 if s3_remote is not None else etag.endswith("-3")
+    assert sum(seen) == BIG
+    if s3_remote is not None:
+        assert s3_remote._part_buffers.value == 16  # given back
+    head = await remote.head("p/big")
+    assert head is not None and (head.size, head.etag, head.attrs) == (BIG, etag, attrs)
+    assert s3.get_object(Bucket=bucket, Key="p/big")["Body"].read() == data
+    with pytest.raises(RemoteChanged):
+        await remote.upload_file("p/big", path, size=BIG, md5=md5, if_match="0" * 32)
+    stale = hashlib.md5(b"what it held when hashed").hexdigest()
+    with pytest.raises(SourceChanged):
+        await remote.upload_file("p/other", path, size=BIG, md5=stale)
+    assert await remote.head("p/other") is None and no_uploads(s3, bucket)
 
 
 @pytest.mark.parametrize("size", [1000, BIG])

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,10 @@ class CrtClient:
     idle_timeout = 60.0
     """Seconds a request may go without a byte either way before it is given up (as
     boto3's read timeout); the CRT retries failed requests, but a stalled one waits."""
+    slowest_upload = 256 * 1024
+    """Bytes per second an upload is allowed on top of `idle_timeout`: the CRT tells of a
+    body's progress only once it has all gone, so a 64 MiB PUT over a slow link shows no
+    movement for minutes without being stalled."""
 
     def __init__(
         self,
@@ -128,10 +132,13 @@ class CrtClient:
         body: bytes | None = None,
         send_path: str | None = None,
         query: str = "",
+        sent: Callable[[int], None] | None = None,
     ) -> Reply:
         """One request; raises ClientError for an error answer, EndpointConnectionError when
         the endpoint cannot be reached (after the CRT's own retries), FileNotFoundError or
-        SourceChanged when `send_path` is missing or not `Content-Length` bytes long."""
+        SourceChanged when `send_path` is missing or not `Content-Length` bytes long.
+        `sent(n)` hears, in the trio thread, of each `n` bytes of the body that went out
+        (counted again if the CRT sends the body again after a failure)."""
         host, target = self._target(bucket, key, query)
         fields: list[tuple[str, str]] = [("Host", host), *(headers or {}).items()]
         if body is not None:
@@ -160,6 +167,10 @@ class CrtClient:
 
         def on_progress(progress: int) -> None:
             moved[0] = time.monotonic()
+            if sent is not None:
+                _keep_thread_state()
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(sent, progress)
 
         def on_done(**_: Any) -> None:
             _keep_thread_state()
@@ -182,14 +193,16 @@ class CrtClient:
             if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
                 raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
             raise
+        length = next((int(v) for k, v in fields if k.lower() == "content-length"), 0)
+        allowed = self.idle_timeout + length / self.slowest_upload
         try:
             while not done.is_set():
-                with trio.move_on_after(self.idle_timeout):
+                with trio.move_on_after(allowed):
                     await done.wait()
-                if not done.is_set() and time.monotonic() - moved[0] >= self.idle_timeout:
+                if not done.is_set() and time.monotonic() - moved[0] >= allowed:
                     raise ReadTimeoutError(
                         endpoint_url=f"{host}{target}",
-                        error=f"nothing moved for {self.idle_timeout:g} s",
+                        error=f"nothing moved for {allowed:g} s",
                     )
         except BaseException:
             pending.cancel()

@@ -1,15 +1,16 @@
 """A deliberately hostile S3 stub: it lists keys no real server would store.
 
 Only for what SeaweedFS cannot be made to do (keys with '..', NUL, empty components; an
-object whose GET never answers). It speaks just enough S3 for a pull: ListObjectsV2
-(url-encoded keys), HEAD and GET of objects, HEAD of the bucket. It listens on 127.0.0.1
-only and checks no signature.
+object whose GET never answers; a PUT over a slow link). It speaks just enough S3 for a
+pull: ListObjectsV2 (url-encoded keys), HEAD and GET of objects, HEAD of the bucket, and
+PUT of an object. It listens on 127.0.0.1 only and checks no signature.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +21,17 @@ from xml.sax.saxutils import escape
 
 class HostileS3:
     def __init__(self, bucket: str, objects: dict[str, bytes],
-                 stalled: frozenset[str] = frozenset(), descending: bool = False) -> None:
+                 stalled: frozenset[str] = frozenset(), descending: bool = False,
+                 upload_rate: float | None = None) -> None:
         """`stalled`: keys whose GET sends headers, then nothing, until the stub stops.
         `descending`: list keys in reverse order (start-after meaning "after" in that
-        order), as no S3 store should."""
+        order), as no S3 store should. `upload_rate`: bytes per second a PUT's body is
+        taken at, as over a slow link (None: at once)."""
         self.bucket = bucket
         self.objects = objects
         self.stalled = stalled
         self.descending = descending
+        self.upload_rate = upload_rate
         self._stopping = threading.Event()
         self.requests: list[str] = []
         stub = self
@@ -48,6 +52,20 @@ class HostileS3:
                     self._list(query)
                 else:
                     self._object(send_body=True)
+
+            def do_PUT(self) -> None:
+                stub.requests.append(f"PUT {self.path}")
+                path = urllib.parse.urlsplit(self.path).path
+                key = urllib.parse.unquote(path[len(stub.bucket) + 2:])
+                left = int(self.headers.get("Content-Length", "0"))
+                chunks = []
+                while left > 0:
+                    chunks.append(self.rfile.read(min(left, 64 << 10)))
+                    left -= len(chunks[-1])
+                    if stub.upload_rate:
+                        time.sleep(len(chunks[-1]) / stub.upload_rate)
+                stub.objects[key] = data = b"".join(chunks)
+                self._send(200, b"", {"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
 
             def _list(self, query: dict[str, list[str]]) -> None:
                 prefix = query.get("prefix", [""])[0]
