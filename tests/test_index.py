@@ -62,3 +62,35 @@ def test_an_index_of_a_newer_version_is_refused_not_damaged(tmp_path: Path) -> N
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
     assert conn.execute("SELECT count(*) FROM paths").fetchone()[0] == 3
     conn.close()
+
+
+def test_a_step_that_reshapes_a_table_gets_sqlite_utils(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration SQLite's ALTER TABLE cannot do runs as a function of sqlite-utils'
+    Database, in the same transaction as the version it brings: a failing one leaves the
+    index as it was."""
+    import fusesync.index.db as db
+
+    path = tmp_path / "index.db"
+    first_version_index(path)
+
+    def reshape(database) -> None:  # type: ignore[no-untyped-def]
+        database["meta"].transform(types={"value": int})  # TEXT -> INTEGER: a new table
+
+    def broken(database) -> None:  # type: ignore[no-untyped-def]
+        database["meta"].transform(types={"value": str})
+        raise RuntimeError("half-way")
+
+    monkeypatch.setattr(db, "MIGRATIONS", (*MIGRATIONS, broken))
+    with pytest.raises(RuntimeError, match="half-way"):
+        Index(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+    monkeypatch.setattr(db, "MIGRATIONS", (*MIGRATIONS, reshape))
+    with Index(path) as index:
+        assert index.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+        types = {row["name"]: row["type"] for row in index.conn.execute("PRAGMA table_info(meta)")}
+        assert types["value"] == "INTEGER"
+        assert index.require("notes.txt")["base_etag"] == "e1"

@@ -4,6 +4,7 @@ whole instead."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from pathlib import Path
@@ -15,6 +16,7 @@ from support.hostile_s3 import HostileS3
 from fusesync.config import Settings, Target
 from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
+from fusesync.sync import manifest
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.remote_scan import S3_PAGE, _ranges, list_remote
 
@@ -69,6 +71,34 @@ def test_parallel_ranges_take_every_key_once_after_changes(
         assert {k for k in rows if "/" in k} == {k[len(PREFIX):] for k in expected}
         assert scan.objects == len(expected)
         assert remote.calls["list"] == 3  # 2,100 known keys: three ranges at once
+
+    trio.run(run)
+
+
+def test_a_first_listing_splits_at_the_manifests_paths(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """No listing seen yet (a new cluster's first pull): the manifest comes first and its
+    paths split the listing into ranges; a manifest that misses keys and names others
+    that are gone still gives every key once."""
+    remote = FaultyRemote(S3Remote(settings, max_concurrency=32))
+    t = target(tmp_path, settings.bucket)
+    keys = [f"{PREFIX}d{i % 7}/f{i:05d}" for i in range(2100)]
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(remote.put_bytes, key, b"x")
+        etag = hashlib.md5(b"x").hexdigest()
+        named = [k[len(PREFIX):] for k in keys[:1500]] + [f"d{i}/gone" for i in range(50)]
+        entries = {path: {"kind": "file", "etag": etag, "size": 1, "md5": etag}
+                   for path in named}
+        await remote.put_bytes(t.manifest_key, manifest.encode_raw(entries))
+        remote.reset()
+        rows, scan = await list_remote(remote, t, PathMatcher(()))
+        assert {k for k in rows if "/" in k} == {k[len(PREFIX):] for k in keys}
+        assert scan.objects == len(keys)
+        assert (remote.calls["get_bytes"], remote.calls["list"]) == (1, 2)  # 1,550 named
 
     trio.run(run)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusesync.errors import FusesyncError
-from fusesync.index.schema import MIGRATIONS
+from fusesync.index.schema import MIGRATIONS, statements
 
 Row = sqlite3.Row
 
@@ -65,12 +65,16 @@ class Index:
                 f"index format {version} is newer than this fusesync understands "
                 f"({len(MIGRATIONS)}): upgrade fusesync"
             )
-        import sqlite_utils  # only here: migrations may reshape tables with its transform()
-
-        db = sqlite_utils.Database(conn)
         for number in range(version, len(MIGRATIONS)):
+            step = MIGRATIONS[number]
             with self._transaction(conn):
-                MIGRATIONS[number](db)
+                if isinstance(step, str):
+                    for statement in statements(step):
+                        conn.execute(statement)
+                else:
+                    import sqlite_utils  # only here: see Migration
+
+                    step(sqlite_utils.Database(conn))
                 conn.execute(f"PRAGMA user_version = {number + 1}")
 
     @staticmethod
@@ -141,9 +145,14 @@ class Index:
             (path + "/", _range_end(path)),
         )
 
-    def rows(self, where: str = "1", params: Sequence[Any] = ()) -> Iterator[Row]:
-        """All rows matching a fixed condition of the engine's, in path order."""
-        yield from self.conn.execute(f"SELECT * FROM paths WHERE {where} ORDER BY path", params)
+    def rows(self, where: str = "1", params: Sequence[Any] = (), columns: Sequence[str] = ()
+             ) -> Iterator[Row]:
+        """All rows matching a fixed condition of the engine's, in path order; only
+        `columns` of each when given (a third of the time for a dozen of them)."""
+        selected = ", ".join(columns) if columns else "*"
+        yield from self.conn.execute(
+            f"SELECT {selected} FROM paths WHERE {where} ORDER BY path", params
+        )
 
     def few_rows(self, where: str, params: Sequence[Any] = ()) -> list[Row]:
         """The rows matching a condition a partial index covers (the journal's dirty

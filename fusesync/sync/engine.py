@@ -44,11 +44,17 @@ from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
 from fusesync.sync.remote_scan import RemoteScan, known_keys, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
-from fusesync.sync.scan import ScanResult, scan_paths, scan_tree
+from fusesync.sync.scan import LOCAL_COLUMNS, ScanResult, scan_paths, scan_tree
 from fusesync.sync.sealed import Sealing
 
 DEFAULT_MAX_DELETE = 0.5
 DEFAULT_CONCURRENCY = 32
+_MOVED_COLUMNS = (
+    "path", "base_kind", "base_rsig", "remote_kind", "remote_etag", "remote_mode", "remote_uid",
+    "remote_gid", "remote_mtime", "remote_target", *LOCAL_COLUMNS,
+)
+"""What pull's detect reads of each row the remote moved: remote_side, excluded, and the
+local state scan_paths compares with."""
 
 
 @dataclass
@@ -133,11 +139,12 @@ class Engine:
         rows, listing = await list_remote(self.remote, self.target, self.exclude,
                                           known_keys(self.index, self.target))
         record_remote(self.index, rows)
-        moved = [
-            row["path"] for row in self.index.rows(REMOTE_MOVED)
+        moved = {
+            row["path"]: tuple(row[name] for name in LOCAL_COLUMNS)
+            for row in self.index.rows(REMOTE_MOVED, columns=_MOVED_COLUMNS)
             if remote_side(row) not in (Side.SAME, Side.ABSENT)
             and not excluded(self.exclude, row)
-        ]
+        }
         with self.open_tree() as tree:
             scan = await trio.to_thread.run_sync(
                 scan_paths, tree.fd, self.index, moved, self.exclude

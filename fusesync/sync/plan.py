@@ -7,7 +7,7 @@ with the base B, and say what push or pull must do. Nothing here changes anythin
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from fusesync.index import Row
@@ -116,17 +116,6 @@ def same_content(row: Row) -> bool:
 def plan_push(row: Row, remote_listed: bool) -> Action | None:
     """What push does for this row. Without a listing, R is assumed to be the base and
     the conditional writes find out otherwise."""
-    action = _plan_push(row, remote_listed)
-    return replace(action, row=row) if action else None
-
-
-def plan_pull(row: Row) -> Action | None:
-    """What pull does for this row (the remote has just been listed)."""
-    action = _plan_pull(row)
-    return replace(action, row=row) if action else None
-
-
-def _plan_push(row: Row, remote_listed: bool) -> Action | None:
     local = local_side(row)
     remote = remote_side(row) if remote_listed else (
         Side.SAME if row["base_kind"] is not None else Side.ABSENT
@@ -137,22 +126,25 @@ def _plan_push(row: Row, remote_listed: bool) -> Action | None:
         case (Side.SAME | Side.ABSENT, _):
             return None
         case (Side.NEW, Side.ABSENT) | (Side.CHANGED, Side.SAME | Side.DELETED):
-            return Action(Op.UPLOAD, path, row["local_kind"], size)
+            return Action(Op.UPLOAD, path, row["local_kind"], size, row=row)
         case (Side.NEW | Side.CHANGED, Side.NEW | Side.CHANGED):
             if same_content(row):
-                return Action(Op.RECORD, path, row["local_kind"])
-            return Action(Op.CONFLICT, path, row["local_kind"], reason="changed on both sides")
+                return Action(Op.RECORD, path, row["local_kind"], row=row)
+            return Action(Op.CONFLICT, path, row["local_kind"], reason="changed on both sides",
+                          row=row)
         case (Side.DELETED, Side.SAME):
-            return Action(Op.DELETE_REMOTE, path, row["base_kind"])
+            return Action(Op.DELETE_REMOTE, path, row["base_kind"], row=row)
         case (Side.DELETED, Side.CHANGED | Side.NEW):
             return Action(Op.KEEP_REMOTE, path, row["remote_kind"],
-                          reason="deleted here but changed on the remote; the remote copy stays")
+                          reason="deleted here but changed on the remote; the remote copy stays",
+                          row=row)
         case (Side.DELETED, Side.DELETED | Side.ABSENT):
-            return Action(Op.FORGET, path, None)
+            return Action(Op.FORGET, path, None, row=row)
     return None
 
 
-def _plan_pull(row: Row) -> Action | None:
+def plan_pull(row: Row) -> Action | None:
+    """What pull does for this row (the remote has just been listed)."""
     local = local_side(row)
     remote = remote_side(row)
     path = row["path"]
@@ -161,18 +153,19 @@ def _plan_pull(row: Row) -> Action | None:
         case (_, Side.SAME | Side.ABSENT):
             return None
         case (Side.SAME | Side.ABSENT, Side.NEW | Side.CHANGED):
-            return Action(Op.FETCH, path, row["remote_kind"], size)
+            return Action(Op.FETCH, path, row["remote_kind"], size, row=row)
         case (Side.DELETED, Side.CHANGED):
-            return Action(Op.FETCH, path, row["remote_kind"], size, reason="restored")
+            return Action(Op.FETCH, path, row["remote_kind"], size, reason="restored", row=row)
         case (Side.NEW | Side.CHANGED, Side.NEW | Side.CHANGED):
             if same_content(row):
-                return Action(Op.RECORD, path, row["local_kind"])
+                return Action(Op.RECORD, path, row["local_kind"], row=row)
             return Action(Op.CONFLICT, path, row["remote_kind"], size,
-                          reason="changed on both sides")
+                          reason="changed on both sides", row=row)
         case (Side.SAME, Side.DELETED):
-            return Action(Op.DELETE_LOCAL, path, row["local_kind"])
+            return Action(Op.DELETE_LOCAL, path, row["local_kind"], row=row)
         case (Side.CHANGED, Side.DELETED):
-            return Action(Op.FORGET, path, None, reason="deleted on the remote, changed here: kept")
+            return Action(Op.FORGET, path, None, row=row,
+                          reason="deleted on the remote, changed here: kept")
         case (Side.DELETED, Side.DELETED):
-            return Action(Op.FORGET, path, None)
+            return Action(Op.FORGET, path, None, row=row)
     return None

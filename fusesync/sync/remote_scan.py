@@ -89,7 +89,8 @@ async def list_remote(
 ) -> tuple[dict[str, tuple[Any, ...]], RemoteScan]:
     """The remote's state of every path, from the listing and the manifest (fetched at
     once); touches no index, so it can run while the local tree is being scanned.
-    `known`: keys the last listing saw (`known_keys`), to list in parallel ranges."""
+    `known`: keys the last listing saw (`known_keys`), to list in parallel ranges; with
+    none (a first pull), the manifest's paths are the guess, so the manifest comes first."""
     result = RemoteScan()
     files: dict[str, Listed] = {}
     markers: dict[str, Listed] = {}
@@ -98,6 +99,10 @@ async def list_remote(
     async def take_manifest() -> None:
         result.manifest, result.manifest_etag = await fetch_manifest(remote, target)
 
+    manifest_first = not known
+    if manifest_first:  # else one page after another: 5,000 keys took 120 ms, 45 ms so
+        await take_manifest()
+        known = [prefix + path for path in result.manifest]
     ranges = _ranges(known, S3_PAGE)
     taken: list[list[Listed] | None] = [None] * len(ranges)
 
@@ -106,7 +111,8 @@ async def list_remote(
 
     with one_error():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(take_manifest)
+            if not manifest_first:
+                nursery.start_soon(take_manifest)
             for i in range(len(ranges)):
                 nursery.start_soon(take, i)
         if any(objects is None for objects in taken):  # a store that lists in its own order

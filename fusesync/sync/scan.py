@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusesync.index import Index, Row
+from fusesync.index import Index
 from fusesync.sync.localfs import TMP_MARK
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, join, kind_of
@@ -81,10 +81,6 @@ def _children(index: Index, parent: str) -> dict[str, Local]:
     cursor = index.conn.cursor()
     cursor.row_factory = None
     return {row[0].rpartition("/")[2]: row[1:] for row in cursor.execute(_CHILDREN, (parent,))}
-
-
-def _local_of(row: Row | None) -> Local | None:
-    return tuple(row[c] for c in LOCAL_COLUMNS) if row is not None else None
 
 
 def _stat_unchanged(local: Local, st: os.stat_result) -> bool:
@@ -284,16 +280,17 @@ def _observe(
 
 
 def scan_paths(
-    root_fd: int, index: Index, paths: Iterable[str], exclude: PathMatcher
+    root_fd: int, index: Index, paths: Mapping[str, Local | None], exclude: PathMatcher
 ) -> ScanResult:
     """Record the current local state of just `paths` (relative, none excluded, in any
-    order) in `index`, as `scan_tree` would have recorded it. A path below a symlink, a
-    file or a missing directory is absent, as the walk would not reach it."""
+    order, each with its LOCAL_COLUMNS as the index holds them) in `index`, as
+    `scan_tree` would have recorded it. A path below a symlink, a file or a missing
+    directory is absent, as the walk would not reach it."""
     result = ScanResult()
     parents: dict[str, int | None] = {}
     pending: list[tuple[Any, ...]] = []
     try:
-        for relpath in paths:
+        for relpath, local in paths.items():
             parent, _, name = relpath.rpartition("/")
             if parent not in parents:
                 try:
@@ -301,7 +298,6 @@ def scan_paths(
                 except OSError:  # missing, a symlink or a file: the walk would not get here
                     parents[parent] = None
             dir_fd = parents[parent]
-            local = _local_of(index.get(relpath))
             values: tuple[Any, ...] | None = None
             if dir_fd is not None:
                 try:
