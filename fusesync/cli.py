@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from fusesync import __version__
+from fusesync import __version__, heap
 from fusesync.config import ADDRESSING_STYLES, Config, Target
 from fusesync.crypt.cli import passphrase_option, rekey, terminal_source
 from fusesync.errors import Declined, FusesyncError, first_leaf
@@ -264,7 +264,6 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
     # forwarded push or pull start faster without them
     import trio
 
-    from fusesync import heap
     from fusesync.sync.report import Report
     from fusesync.sync.session import open_engine
     if verb == "push":
@@ -418,7 +417,10 @@ cli.add_command(rekey)
 
 
 def main() -> None:
-    cli(prog_name="fusesync")
+    try:
+        cli(prog_name="fusesync")
+    finally:
+        heap.leave_to_exit()
 
 
 if __name__ == "__main__":

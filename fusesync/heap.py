@@ -34,3 +34,13 @@ def settled() -> Iterator[None]:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+def leave_to_exit() -> None:
+    """The process is about to end: freeze what is left, so that the interpreter's last
+    collections on the way out walk none of it (10-14 ms of each command; trio's imports
+    alone leave ~9 ms of it). Everything is still freed by reference counting, files are
+    closed and atexit handlers run; only garbage in cycles is left to the OS, as at any
+    exit. For the console script alone: a process that goes on must not call it."""
+    gc.freeze()
+
