@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pathspec
-
 
 class PathMatcher:
     """Matches relative POSIX paths; directories are asked about with `is_dir=True`."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
-        self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
+        if self.patterns:  # pathspec loads in 8 ms: not for a target that names nothing
+            import pathspec
+
+            self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
