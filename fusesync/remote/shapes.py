@@ -7,15 +7,16 @@ one error translator, cannot tell which path carried a request.
 
 from __future__ import annotations
 
-import email.utils
 import urllib.parse
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusesync.remote.base import Listed
+
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
 
 META = "x-amz-meta-"
 
@@ -61,12 +62,23 @@ def object_shape(h: Mapping[str, str]) -> dict[str, Any]:
     return {
         "ETag": h.get("etag", ""),
         "ContentLength": int(h.get("content-length", 0)),
-        "LastModified": email.utils.parsedate_to_datetime(modified) if modified
-        else datetime.now(UTC),
+        "LastModified": _http_date(modified) if modified else datetime.now(UTC),
         "ContentType": h.get("content-type"),
         "Metadata": {k[len(META):].lower(): v for k, v in h.items()
                      if k.lower().startswith(META)},
     }
+
+
+def _http_date(text: str) -> datetime:
+    import email.utils  # here, like xml.etree below: a push of one file parses neither
+
+    return email.utils.parsedate_to_datetime(text)
+
+
+def _xml(data: bytes) -> Element:
+    from xml.etree.ElementTree import fromstring
+
+    return fromstring(data)
 
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -84,7 +96,7 @@ class ListPage:
 def list_page(data: bytes) -> ListPage:
     """A ListObjectsV2 answer, keys decoded from their url encoding (as botocore does).
     One pass over each entry's fields: a pull reads thousands of them on every run."""
-    root = ET.fromstring(data)
+    root = _xml(data)
     ns = _NS if root.tag.startswith(_NS) else ""
     unquote = urllib.parse.unquote_plus if root.findtext(f"{ns}EncodingType") == "url" \
         else str
@@ -115,11 +127,13 @@ def error_response(status: int, headers: Mapping[str, str], data: bytes, reason:
     """An error answer in the shape botocore's ClientError carries."""
     code, message = str(status), reason or ""
     if data:
+        from xml.etree.ElementTree import ParseError
+
         try:
-            root = ET.fromstring(data)
+            root = _xml(data)
             code = root.findtext("Code") or code
             message = root.findtext("Message") or message
-        except ET.ParseError:
+        except ParseError:
             pass
     return {
         "Error": {"Code": code, "Message": message},
