@@ -8,7 +8,9 @@ import json
 import os
 import stat
 import subprocess
+import zlib
 
+import orjson
 import pytest
 from syncenv import Cluster, keys
 
@@ -68,8 +70,8 @@ def test_a_kept_body_writes_again_only_what_changed(monkeypatch: pytest.MonkeyPa
     again, not every entry; what it writes reads back whole, by us and by gunzip."""
     entries = {f"d{i // 50}/f{i}": {"kind": "file", "size": i} for i in range(5000)}
     body = ManifestBody(dict(entries))
-    assert decode_raw(body.encode()) == entries  # the first write: all at once
-    assert decode_raw(body.encode()) == entries  # now in shards
+    assert decode_raw(body.encode()) == entries
+    assert decode_raw(body.encode()) == entries  # nothing changed: the same members
     compressed: list[int] = []
     member = manifest._member
     monkeypatch.setattr(manifest, "_member", lambda text: compressed.append(len(text))
@@ -91,6 +93,78 @@ def test_a_kept_body_writes_again_only_what_changed(monkeypatch: pytest.MonkeyPa
     for path in list(entries):  # emptied: still a manifest
         body.set(path, None)
     assert decode_raw(body.encode()) == {}
+
+
+def members(data: bytes) -> list[bytes]:
+    """The gzip members of a manifest object, compressed, in order."""
+    out = []
+    while data:
+        inflate = zlib.decompressobj(31)
+        inflate.decompress(data)
+        out.append(data[: len(data) - len(inflate.unused_data)])
+        data = inflate.unused_data
+    return out
+
+
+def test_a_body_read_back_keeps_the_shards_it_does_not_touch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A push reads the manifest and writes it again with its changes: the shards they do
+    not touch go out byte for byte as they came, decoded never; the first shard emptied,
+    the next one becomes first (no comma before it); a manifest of one member (older
+    writers, encode_raw) is read whole. Every version reads back as the entries."""
+    entries = {f"d{i // 50}/f{i}": {"kind": "file", "size": i} for i in range(3000)
+               if manifest._shard(f"d{i // 50}/f{i}") > 1}  # shards 0 and 1 empty
+    stored = ManifestBody(dict(entries)).encode()
+    decoded: list[int] = []
+    loads = manifest.orjson.loads
+    monkeypatch.setattr(manifest.orjson, "loads", lambda text: decoded.append(1) or loads(text))
+    body = ManifestBody.read(stored)
+    body.set("d7/f350", {"kind": "file", "size": 1})
+    data = body.encode()
+    assert len(decoded) == 1  # the one shard that changed
+    before, after = members(stored), members(data)
+    assert len(before) == len(after)
+    assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+    entries["d7/f350"] = {"kind": "file", "size": 1}
+    assert decode_raw(data) == entries
+
+    body = ManifestBody.read(data)
+    for path in [p for p in entries if manifest._shard(p) == 2]:  # the first one read
+        body.set(path, None)
+        del entries[path]
+    assert decode_raw(body.encode()) == entries  # shard 3 first now, its comma dropped
+    lowest = next(p for p in map(str, range(1000)) if manifest._shard(p) == 0)
+    body = ManifestBody.read(body.encode())
+    body.set(lowest, {"kind": "dir"})  # before the one read first, which now needs a comma
+    entries[lowest] = {"kind": "dir"}
+    assert decode_raw(body.encode()) == entries
+    assert json.loads(gzip.decompress(body.encode())) == {"format": 1, "entries": entries}
+
+    body = ManifestBody.read(encode_raw(entries))  # one member: every entry decoded
+    body.set("new", {"kind": "file", "size": 2})
+    assert decode_raw(body.encode()) == {**entries, "new": {"kind": "file", "size": 2}}
+    assert decode_raw(ManifestBody.read(ManifestBody({}).encode()).encode()) == {}
+
+
+def test_a_look_alike_manifest_is_merged_whole() -> None:
+    """Members in the layout's shape whose paths do not belong to their shard (not
+    written by ManifestBody) and unreadable ones: the merge still loses no readable entry
+    and never writes a path twice."""
+    paths = [f"p{i}" for i in range(40)]
+    shards = sorted({manifest._shard(p) for p in paths})
+    by_first = sorted(paths, key=manifest._shard)
+    # every path in one member, under the first path's shard
+    text = orjson.dumps({p: {"kind": "file", "size": 1} for p in by_first})[1:-1]
+    data = manifest._HEAD + manifest._member(text) + manifest._TAIL
+    assert decode_raw(data) == {p: {"kind": "file", "size": 1} for p in paths}
+    body = ManifestBody.read(data)
+    body.set(by_first[-1], {"kind": "file", "size": 9})  # its shard is not the member's
+    out = decode_raw(body.encode())
+    assert out == {**{p: {"kind": "file", "size": 1} for p in paths},
+                   by_first[-1]: {"kind": "file", "size": 9}}
+    assert len(shards) > 1
+    assert ManifestBody.read(b"not gzip at all").encode() == ManifestBody({}).encode()
 
 
 def test_symlink_target_not_utf8_is_skipped_and_reported(one: Cluster, s3) -> None:

@@ -23,7 +23,7 @@ from fusesync.sync.localfs import group_name, user_name
 from fusesync.sync.manifest import ManifestBody, ManifestEntry, raw
 from fusesync.sync.model import Kind, md5_etag
 from fusesync.sync.plan import Action, Op
-from fusesync.sync.remote_scan import fetch_manifest
+from fusesync.sync.remote_scan import fetch_manifest_body
 from fusesync.sync.report import Progress, Report
 
 if TYPE_CHECKING:
@@ -87,8 +87,7 @@ class Pusher:
             self.manifest_cache = ManifestCache()
         if self.manifest_cache.body is None:
             cache = self.manifest_cache
-            entries, cache.etag = await fetch_manifest(self.remote, self.target)
-            cache.body = ManifestBody(entries)
+            cache.body, cache.etag = await fetch_manifest_body(self.remote, self.target)
 
     async def _do(self, action: Action) -> None:
         row = action.row
@@ -223,14 +222,13 @@ async def merge_manifest(remote: Remote, target: Target,
                          changes: dict[str, ManifestEntry | None], attempts: int = 5,
                          cache: ManifestCache | None = None) -> None:
     """Merge `changes` (None: gone) into the manifest, conditionally, retrying on a race.
-    The entries it leaves alone stay plain dicts, as decoded."""
+    The shards it leaves alone go out again as they were read (ManifestBody.read)."""
     for _ in range(attempts):
         if cache is not None and cache.body is not None:
             body, etag = cache.body, cache.etag
             cache.body = None  # set again only once this merge is written
         else:
-            entries, etag = await fetch_manifest(remote, target)
-            body = ManifestBody(entries)
+            body, etag = await fetch_manifest_body(remote, target)
         for path, entry in changes.items():
             body.set(path, None if entry is None else raw(entry))
         try:

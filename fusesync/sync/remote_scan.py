@@ -60,6 +60,17 @@ async def fetch_manifest(remote: Remote, target: Target) -> tuple[RawEntries, st
     return (manifest_codec.decode_raw(got[0]), got[1]) if got is not None else ({}, None)
 
 
+async def fetch_manifest_body(
+    remote: Remote, target: Target
+) -> tuple[manifest_codec.ManifestBody, str | None]:
+    """The manifest as a body to merge changes into (its shards kept as stored), and its
+    etag (None: none yet)."""
+    got = await remote.get_bytes(target.manifest_key)
+    if got is None:
+        return manifest_codec.ManifestBody({}), None
+    return manifest_codec.ManifestBody.read(got[0]), got[1]
+
+
 async def load_manifest(
     remote: Remote, target: Target
 ) -> tuple[dict[str, ManifestEntry], str | None]:
