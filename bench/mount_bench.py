@@ -333,35 +333,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="5000,50000",
                         help="tree sizes for the push-cost comparison ('' to skip)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the trees, caches and the server's data under cache/bench/")
     args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
     run_root = ROOT / "mount-run"
     shutil.rmtree(run_root, ignore_errors=True)
     run_root.mkdir(parents=True)
     results: dict[str, dict[str, float]] = {}
-    with SeaweedServer(run_root / "seaweed") as server:
-        server.client().create_bucket(Bucket=BUCKET)
-        src = run_root / "tree"
-        stats = make_tree(src, spec)
-        small, big = samples(src)
-        print(f"tree: {spec.label} ({stats.files} files, {stats.dirs} dirs)", flush=True)
-        env = {**os.environ}
-        plain = {"64 MiB warm": min(sh(f"cat '{src}/{big}' >/dev/null", env, run_root)
-                                    for _ in range(4)),
-                 "find warm": sh(f"find '{src}' -type f | wc -l >/dev/null", env, run_root),
-                 "ls -lR warm": sh(f"ls -lR '{src}' >/dev/null", env, run_root)}
-        for name in [n for n in args.tools.split(",") if n]:
-            ws = Workspace(run_root / name, src, run_root / name / "unused", BUCKET, server)
-            tool = TOOLS[name](ws)
-            tool.prepare()
-            results[name] = measure(tool, small, big)
-            print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[name].items()),
-                  flush=True)
-        scale: dict[str, float] = {}
-        for files in [int(n) for n in args.scale.split(",") if n]:
-            scale[str(files)] = push_cost(server, run_root / f"scale-{files}", files, args.repeat)
-            print(f"push through the mount after 1 change, {files} files: "
-                  f"{scale[str(files)]:.3f}s", flush=True)
+    scale: dict[str, float] = {}
+    plain: dict[str, float] = {}
+    try:
+        with SeaweedServer(run_root / "seaweed") as server:
+            server.client().create_bucket(Bucket=BUCKET)
+            src = run_root / "tree"
+            stats = make_tree(src, spec)
+            small, big = samples(src)
+            print(f"tree: {spec.label} ({stats.files} files, {stats.dirs} dirs)", flush=True)
+            env = {**os.environ}
+            plain = {"64 MiB warm": min(sh(f"cat '{src}/{big}' >/dev/null", env, run_root)
+                                        for _ in range(4)),
+                     "find warm": sh(f"find '{src}' -type f | wc -l >/dev/null", env, run_root),
+                     "ls -lR warm": sh(f"ls -lR '{src}' >/dev/null", env, run_root)}
+            for name in [n for n in args.tools.split(",") if n]:
+                ws = Workspace(run_root / name, src, run_root / name / "unused", BUCKET, server)
+                tool = TOOLS[name](ws)
+                tool.prepare()
+                results[name] = measure(tool, small, big)
+                print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[name].items()),
+                      flush=True)
+            for files in [int(n) for n in args.scale.split(",") if n]:
+                scale[str(files)] = push_cost(server, run_root / f"scale-{files}", files,
+                                              args.repeat)
+                print(f"push through the mount after 1 change, {files} files: "
+                      f"{scale[str(files)]:.3f}s", flush=True)
+    finally:
+        # 1.7 GB: the trees, the mounts' caches and the server's data; never through a
+        # mount a failed run left behind
+        left = [m for m in _mount_points() if m.is_relative_to(run_root)]
+        if left:
+            print(f"left {run_root} as it is: still mounted at {', '.join(map(str, left))}",
+                  file=sys.stderr)
+        elif not args.keep:
+            shutil.rmtree(run_root, ignore_errors=True)
     print()
     if results:
         print(table(results, plain))
@@ -372,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"tree": spec.label, "results": results, "plain": plain,
                                "push_cost": scale}, indent=2))
     return 0
+
+
+def _mount_points() -> list[Path]:
+    with open("/proc/self/mounts") as mounts:
+        return [Path(line.split()[1].encode().decode("unicode_escape")) for line in mounts]
 
 
 if __name__ == "__main__":
