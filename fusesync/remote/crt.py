@@ -202,7 +202,7 @@ class CrtClient:
                 if not done.is_set() and time.monotonic() - moved[0] >= allowed:
                     raise ReadTimeoutError(
                         endpoint_url=f"{host}{target}",
-                        error=f"nothing moved for {allowed:g} s",
+                        error=f"nothing moved for {allowed:.0f} s",
                     )
         except BaseException:
             pending.cancel()

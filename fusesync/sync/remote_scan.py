@@ -111,7 +111,7 @@ async def list_remote(
         result.manifest, result.manifest_etag = await fetch_manifest(remote, target)
 
     manifest_first = not known
-    if manifest_first:  # else one page after another: 5,000 keys took 120 ms, 45 ms so
+    if manifest_first:  # else page after page: 5,000 keys listed in 115-145 ms, 80-105 so
         await take_manifest()
         known = [prefix + path for path in result.manifest]
     ranges = _ranges(known, S3_PAGE)
