@@ -132,10 +132,11 @@ class Engine:
         record_remote(self.index, rows)
         return listing, scan
 
-    async def _detect_remote_first(self) -> tuple[RemoteScan, ScanResult]:
+    async def _detect_remote_first(self) -> tuple[RemoteScan, ScanResult, bool]:
         """Pull's detect: list the remote, then look at only the local paths whose remote
         side moved from the base. Pull acts on no other path (DESIGN.md's table), so a
-        pull with nothing new costs one listing, whatever the size of the tree."""
+        pull with nothing new costs one listing, whatever the size of the tree. The flag:
+        whether any path moved (none: plan_pull would find nothing to do)."""
         rows, listing = await list_remote(self.remote, self.target, self.exclude,
                                           known_keys(self.index, self.target))
         record_remote(self.index, rows)
@@ -149,7 +150,7 @@ class Engine:
             scan = await trio.to_thread.run_sync(
                 scan_paths, tree.fd, self.index, moved, self.exclude
             )
-        return listing, scan
+        return listing, scan, bool(moved)
 
     # -- plan ------------------------------------------------------------------------
 
@@ -208,12 +209,14 @@ class Engine:
         report = Report("pull", dry_run=dry_run)
         if self.index.meta("pull_running"):  # the last pull was cut short: look everywhere
             listing, scan = await self._detect_both()
+            moved = True
         else:
-            listing, scan = await self._detect_remote_first()
+            listing, scan, moved = await self._detect_remote_first()
         report.skipped.extend(listing.skipped)
         report.skipped.extend(scan.skipped)
         guard_empty_remote(listing.empty, self.index, self.target)
-        actions = self.plan_pull()
+        # nothing moved: no second walk of every row through remote_sig (8 ms at 5,000)
+        actions = self.plan_pull() if moved else []
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions
