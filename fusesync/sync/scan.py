@@ -72,7 +72,7 @@ def md5_text(text: str) -> str:
 Local = tuple[Any, ...]
 """A path's LOCAL_COLUMNS as the last scan recorded them, in that order: plain tuples,
 which a scan of 5,000 paths compares in a third of the time sqlite3.Row takes."""
-_KIND, _SIZE, _MTIME, _CTIME, _INO, _MODE, _UID, _GID, _MD5 = 0, 1, 2, 3, 4, 5, 6, 7, 8
+_KIND, _SIZE, _MTIME, _CTIME, _INO, _MODE, _MD5 = 0, 1, 2, 3, 4, 5, 8
 _CHILDREN = f"SELECT path, {', '.join(LOCAL_COLUMNS)} FROM paths WHERE parent = ?"
 
 
@@ -194,11 +194,6 @@ def _scan_tree(
             except FileNotFoundError:
                 continue  # vanished while we looked: absent
             local = known.get(name)
-            if (local is not None and _stat_unchanged(local, st) and local[_UID] == st.st_uid
-                    and local[_GID] == st.st_gid and not exclude.matches(relpath)):
-                result.paths += 1  # a file as recorded, to the owner: _observe's row again
-                seen.add(name)
-                continue
             values = _observe(dir_fd, name, relpath, st, local, exclude, result, hashers)
             if values is None:
                 continue
