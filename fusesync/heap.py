@@ -43,4 +43,3 @@ def leave_to_exit() -> None:
     closed and atexit handlers run; only garbage in cycles is left to the OS, as at any
     exit. For the console script alone: a process that goes on must not call it."""
     gc.freeze()
-

@@ -208,20 +208,37 @@ async def test_upload_file_small(remote: Remote, tmp_path: Path) -> None:
     assert await remote.upload_file("p/f", path, size=1000, md5=None, if_match=etag) == md5
 
 
-async def test_upload_file_multipart(
-    remote: Remote, tmp_path: Path, s3: S3Client, bucket: str
-) -> None:
+def s3_remote_of(remote: Remote) -> S3Remote:
+    s3_remote = remote.inner if isinstance(remote, FaultyRemote) else remote
+    assert isinstance(s3_remote, S3Remote)
+    return s3_remote
+
+
+async def upload_big(
+    remote: Remote, tmp_path: Path, s3: S3Client, bucket: str, attrs: Attrs
+) -> tuple[Path, str, str]:
+    """BIG random bytes in a file, uploaded as the new object p/big with `attrs`: the
+    progress adds up, and the object reads back with its size, etag, attributes and bytes.
+    Returns (the file, its MD5, the etag)."""
     data = os.urandom(BIG)
     path, md5 = write_file(tmp_path / "big", data)
     seen: list[int] = []
-    attrs = Attrs(mode=0o100644, uid=5, gid=6, mtime=1700000000.25)
     etag = await remote.upload_file(
         "p/big", path, size=BIG, md5=md5, attrs=attrs, if_none_match=True, progress=seen.append
     )
-    assert etag.endswith("-3") and sum(seen) == BIG
+    assert sum(seen) == BIG
     head = await remote.head("p/big")
     assert head is not None and (head.size, head.etag, head.attrs) == (BIG, etag, attrs)
     assert s3.get_object(Bucket=bucket, Key="p/big")["Body"].read() == data
+    return path, md5, etag
+
+
+async def test_upload_file_multipart(
+    remote: Remote, tmp_path: Path, s3: S3Client, bucket: str
+) -> None:
+    attrs = Attrs(mode=0o100644, uid=5, gid=6, mtime=1700000000.25)
+    path, md5, etag = await upload_big(remote, tmp_path, s3, bucket, attrs)
+    assert etag.endswith("-3")
     # SeaweedFS enforces both conditions on CompleteMultipartUpload; a refusal aborts.
     with pytest.raises(RemoteChanged):
         await remote.upload_file("p/big", path, size=BIG, md5=md5, attrs=None, if_none_match=True)
@@ -234,13 +251,6 @@ async def test_upload_file_multipart(
     assert again.endswith("-3")
 
 
-def light_path(remote: Remote) -> S3Remote | None:
-    """The S3Remote behind `remote` when it sends through the CRT, else None."""
-    s3_remote = remote.inner if isinstance(remote, FaultyRemote) else remote
-    assert isinstance(s3_remote, S3Remote)
-    return s3_remote if s3_remote._crt is not None else None
-
-
 async def test_hashed_file_up_to_the_crt_limit_goes_in_one_put(
     remote: Remote, tmp_path: Path, s3: S3Client, bucket: str
 ) -> None:
@@ -248,23 +258,13 @@ async def test_hashed_file_up_to_the_crt_limit_goes_in_one_put(
     reads from disk (its etag the plain MD5), holding part buffers for its body while it
     goes; a file that no longer has that MD5 is refused by the store and nothing is
     written. boto3 alone sends parts."""
-    s3_remote = light_path(remote)
-    if s3_remote is not None:
-        s3_remote.crt_put_limit = 64 * MiB
-    data = os.urandom(BIG)
-    path, md5 = write_file(tmp_path / "big", data)
-    seen: list[int] = []
+    s3_remote = s3_remote_of(remote)
+    light = s3_remote._crt is not None
+    s3_remote.crt_put_limit = 64 * MiB
     attrs = Attrs(mode=0o100640, uid=7, gid=8, mtime=1700000002.5)
-    etag = await remote.upload_file(
-        "p/big", path, size=BIG, md5=md5, attrs=attrs, if_none_match=True, progress=seen.append
-    )
-    assert etag == md5 if s3_remote is not None else etag.endswith("-3")
-    assert sum(seen) == BIG
-    if s3_remote is not None:
-        assert s3_remote._part_buffers.value == 16  # given back
-    head = await remote.head("p/big")
-    assert head is not None and (head.size, head.etag, head.attrs) == (BIG, etag, attrs)
-    assert s3.get_object(Bucket=bucket, Key="p/big")["Body"].read() == data
+    path, md5, etag = await upload_big(remote, tmp_path, s3, bucket, attrs)
+    assert etag == md5 if light else etag.endswith("-3")
+    assert s3_remote._part_buffers.value == 16  # given back
     with pytest.raises(RemoteChanged):
         await remote.upload_file("p/big", path, size=BIG, md5=md5, if_match="0" * 32)
     stale = hashlib.md5(b"what it held when hashed").hexdigest()
@@ -300,9 +300,7 @@ async def test_cancelled_multipart_upload_is_aborted(
     assert scope.cancelled_caught
     assert no_uploads(s3, bucket)
     assert await remote.head("p/big") is None
-    s3_remote = remote.inner if isinstance(remote, FaultyRemote) else remote
-    assert isinstance(s3_remote, S3Remote)
-    assert s3_remote._part_buffers.value == 16  # every part's buffer was given back
+    assert s3_remote_of(remote)._part_buffers.value == 16  # every part's buffer given back
 
 
 async def test_cancelled_download_stops(remote: Remote, tmp_path: Path) -> None:

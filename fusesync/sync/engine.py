@@ -32,6 +32,7 @@ from fusesync.sync.model import Kind
 from fusesync.sync.plan import (
     MAYBE_LOCAL_CHANGE,
     REMOTE_MOVED,
+    REMOTE_SIDE_COLUMNS,
     Action,
     Op,
     Side,
@@ -49,12 +50,9 @@ from fusesync.sync.sealed import Sealing
 
 DEFAULT_MAX_DELETE = 0.5
 DEFAULT_CONCURRENCY = 32
-_MOVED_COLUMNS = (
-    "path", "base_kind", "base_rsig", "remote_kind", "remote_etag", "remote_mode", "remote_uid",
-    "remote_gid", "remote_mtime", "remote_target", *LOCAL_COLUMNS,
-)
-"""What pull's detect reads of each row the remote moved: remote_side, excluded, and the
-local state scan_paths compares with."""
+_MOVED_COLUMNS = ("path", *REMOTE_SIDE_COLUMNS, *LOCAL_COLUMNS)
+"""What pull's detect reads of each row the remote moved: remote_side, excluded (kinds),
+and the local state scan_paths compares with."""
 
 
 @dataclass

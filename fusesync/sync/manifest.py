@@ -99,8 +99,9 @@ def _member(text: bytes) -> bytes:
     return gzip.compress(text, 1, mtime=0)
 
 
-_HEAD = _member(b'{"entries":{')
-_TAIL = _member(b'},"format":%d}' % FORMAT)  # as _HEAD_TEXT and _TAIL_TEXT below
+_HEAD_TEXT = b'{"entries":{'
+_TAIL_TEXT = b'},"format":%d}' % FORMAT
+_HEAD, _TAIL = _member(_HEAD_TEXT), _member(_TAIL_TEXT)
 
 
 def _shard(path: str) -> int:
@@ -231,10 +232,6 @@ def _inflate(member: bytes) -> RawEntries:
     except (zlib.error, ValueError):  # unreadable counts as absent, as in decode_raw
         return {}
     return block if isinstance(block, dict) else {}
-
-
-_HEAD_TEXT = b'{"entries":{'
-_TAIL_TEXT = b'},"format":%d}' % FORMAT
 
 
 def _stored_shards(data: bytes) -> list[tuple[int, bytes, bool]] | None:

@@ -54,10 +54,15 @@ MAYBE_LOCAL_CHANGE = """
 would call NEW, CHANGED or DELETED is among them, so a push need not look at the rest."""
 
 
-REMOTE_MOVED = """
+REMOTE_SIG_COLUMNS = ("remote_kind", "remote_etag", "remote_mode", "remote_uid",
+                      "remote_gid", "remote_mtime", "remote_target")
+"""What remote_sig is made of, in its order."""
+REMOTE_SIDE_COLUMNS = ("base_kind", "base_rsig", *REMOTE_SIG_COLUMNS)
+"""What remote_side reads of a row."""
+
+REMOTE_MOVED = f"""
     (base_kind IS NOT NULL) != (remote_kind IS NOT NULL)
-    OR base_rsig IS NOT remote_sig(remote_kind, remote_etag, remote_mode, remote_uid,
-                                   remote_gid, remote_mtime, remote_target)
+    OR base_rsig IS NOT remote_sig({", ".join(REMOTE_SIG_COLUMNS)})
 """
 """SQL for the rows whose remote side may differ from the base: every row `remote_side`
 would call NEW, CHANGED or DELETED is among them, so a pull need not look at the rest.
@@ -66,7 +71,7 @@ Needs `sql_functions` on the connection."""
 
 def sql_functions(conn: sqlite3.Connection) -> None:
     """Make the functions the SQL above calls known to `conn`."""
-    conn.create_function("remote_sig", 7, remote_sig, deterministic=True)
+    conn.create_function("remote_sig", len(REMOTE_SIG_COLUMNS), remote_sig, deterministic=True)
 
 
 def local_side(row: Row) -> Side:
@@ -95,7 +100,7 @@ def remote_side(row: Row) -> Side:
 
 
 def remote_now_sig(row: Row) -> str | None:
-    return remote_sig(
+    return remote_sig(  # REMOTE_SIG_COLUMNS, spelled out: this runs for every planned row
         row["remote_kind"], row["remote_etag"], row["remote_mode"], row["remote_uid"],
         row["remote_gid"], row["remote_mtime"], row["remote_target"],
     )
