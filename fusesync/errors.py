@@ -66,6 +66,10 @@ class RemoteChanged(RemoteError):
     errno = _errno.ESTALE
 
 
+class RemoteUnchanged(RemoteError):
+    """The remote object is still the version named (304 on a conditional read)."""
+
+
 class RemoteNotFound(RemoteError):
     """The object is not (or no longer) on the remote."""
 

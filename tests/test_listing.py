@@ -14,11 +14,21 @@ import trio
 from support.hostile_s3 import HostileS3
 
 from fusesync.config import Settings, Target
+from fusesync.index import Index
 from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
 from fusesync.sync import manifest
 from fusesync.sync.matcher import PathMatcher
-from fusesync.sync.remote_scan import S3_PAGE, _ranges, list_remote
+from fusesync.sync import remote_scan
+from fusesync.sync.remote_scan import (
+    LISTED_MANIFEST,
+    S3_PAGE,
+    LastListing,
+    _ranges,
+    last_listing,
+    list_remote,
+    scan_remote,
+)
 
 PREFIX = "sync/tester/listing/"
 
@@ -66,7 +76,7 @@ def test_parallel_ranges_take_every_key_once_after_changes(
         gone = first[100:400]
         await remote.delete_many(gone)
         remote.reset()
-        rows, scan = await list_remote(remote, t, exclude, known=first)
+        rows, scan = await list_remote(remote, t, exclude, LastListing(dict.fromkeys(first)))
         expected = (set(first) - set(gone)) | set(added)
         assert {k for k in rows if "/" in k} == {k[len(PREFIX):] for k in expected}
         assert scan.objects == len(expected)
@@ -113,6 +123,80 @@ def test_a_store_listing_out_of_order_is_listed_whole(fusesync_env, tmp_path: Pa
                                                 addressing_style="path")))
         # everything excluded: each key listed is counted, and none needs a HEAD
         rows, scan = trio.run(list_remote, remote, target(tmp_path, "unordered"),
-                              PathMatcher(["*"]), keys)
+                              PathMatcher(["*"]), LastListing(dict.fromkeys(keys)))
     assert scan.objects == len(keys) and rows == {}
     assert remote.calls["list"] == 3  # two ranges tried, then one whole listing
+
+
+def test_rows_stand_while_the_manifest_and_every_key_do(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key as the index holds it and the manifest still the version the rows came
+    from (asked with If-None-Match): the rows stand and the manifest is not read. A key
+    another tool wrote, a manifest written anew, another exclude, or a remote row written
+    by anything else (schema V5's triggers): the rows are built again."""
+    remote = FaultyRemote(S3Remote(settings, max_concurrency=32))
+    t = target(tmp_path, settings.bucket)
+    index = Index(tmp_path / "index.db")
+    decoded: list[int] = []
+    decode_raw = manifest.decode_raw
+    monkeypatch.setattr(remote_scan.manifest_codec, "decode_raw",
+                        lambda data: decoded.append(1) or decode_raw(data))
+    etag = hashlib.md5(b"x").hexdigest()
+    paths = [f"d{i % 3}/f{i:02d}" for i in range(30)]
+
+    async def write_manifest(mode: int) -> str:
+        entries = {p: {"kind": "file", "etag": etag, "size": 1, "md5": etag, "mode": mode}
+                   for p in paths}
+        return await remote.put_bytes(t.manifest_key, manifest.encode_raw(entries))
+
+    async def scan(exclude: PathMatcher = PathMatcher(())) -> None:  # noqa: B008
+        decoded.clear()
+        await scan_remote(remote, t, index, exclude)
+
+    def modes() -> set[int]:
+        return {row[0] for row in index.conn.execute(
+            "SELECT remote_mode FROM paths WHERE remote_kind = 'file'")}
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for path in paths:
+                nursery.start_soon(remote.put_bytes, PREFIX + path, b"x")
+        first = await write_manifest(0o100640)
+        await scan()
+        assert decoded and index.meta(LISTED_MANIFEST) == first and modes() == {0o100640}
+
+        await scan()  # nothing moved: the manifest was not read, no row was written
+        assert not decoded and index.meta(LISTED_MANIFEST) == first
+        rows, _ = await list_remote(remote, t, PathMatcher(()), last_listing(index, t))
+        assert rows is None
+
+        second = await write_manifest(0o100600)  # a push elsewhere: a new manifest
+        await scan()
+        assert decoded and index.meta(LISTED_MANIFEST) == second and modes() == {0o100600}
+
+        await scan(PathMatcher(["d0/"]))  # another exclude: d0's rows are gone
+        assert decoded and index.meta(LISTED_MANIFEST) == second
+        assert not any(k.startswith(PREFIX + "d0/") for k in last_listing(index, t).etags)
+        await scan()
+        assert decoded and len(last_listing(index, t).etags) == len(paths)
+
+        await remote.put_bytes(PREFIX + "d1/foreign", b"y")  # another tool: no manifest
+        await scan()
+        assert decoded and "d1/foreign" in {r[0] for r in index.conn.execute(
+            "SELECT path FROM paths WHERE remote_kind IS NOT NULL")}
+        assert index.meta(LISTED_MANIFEST) is None  # its row came from a HEAD, not the manifest
+        await scan()  # ... so it is looked at again on every listing
+        assert decoded
+        await remote.delete(PREFIX + "d1/foreign")
+        await scan()
+        assert decoded and index.meta(LISTED_MANIFEST) == second
+
+        index.upsert("d2/f02", local_size=1)  # the local side: the rows still stand
+        assert index.meta(LISTED_MANIFEST) == second
+        index.upsert("d2/f02", remote_mode=0o100777)  # a remote column: they do not
+        assert index.meta(LISTED_MANIFEST) is None
+        await scan()
+        assert decoded and modes() == {0o100600}
+
+    trio.run(run)

@@ -26,6 +26,7 @@ from fusesync.errors import (
     RemoteChanged,
     RemoteError,
     RemoteNotFound,
+    RemoteUnchanged,
     SourceChanged,
 )
 from fusesync.remote import DIR_CONTENT_TYPE, Attrs, Remote
@@ -189,6 +190,20 @@ async def test_conditional_put_bytes(remote: Remote) -> None:
         await remote.put_bytes("k", b"two", if_match="0123456789abcdef0123456789abcdef")
     second = await remote.put_bytes("k", b"three", if_match=first)
     assert await remote.get_bytes("k") == (b"three", second)
+
+
+async def test_conditional_get_bytes(remote: Remote) -> None:
+    """A read that names the version last seen: 'unchanged' while it still is, the body
+    once the object moved on, None once it is gone."""
+    first = await remote.put_bytes("k", b"one")
+    with pytest.raises(RemoteUnchanged):
+        await remote.get_bytes("k", if_none_match=first)
+    second = await remote.put_bytes("k", b"two")
+    assert await remote.get_bytes("k", if_none_match=first) == (b"two", second)
+    with pytest.raises(RemoteChanged):
+        await remote.get_bytes("k", if_match=first)
+    await remote.delete("k")
+    assert await remote.get_bytes("k", if_none_match=second) is None
 
 
 async def test_upload_file_small(remote: Remote, tmp_path: Path) -> None:

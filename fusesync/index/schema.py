@@ -106,13 +106,33 @@ CREATE INDEX paths_empty ON paths(path)
 """
 
 
+# Version 5: a pull that finds every key as the index holds it, and the manifest still the
+# version the rows were built from (meta 'listed_manifest', asked with If-None-Match),
+# keeps the rows as they are: the manifest is neither read nor decoded (10-25 ms of a pull
+# at 5,000 paths). Any write of a remote_* column forgets that version, whoever makes it
+# (a push recording what it uploaded, a rename in a mount, a re-key): the next listing
+# rebuilds the rows from the manifest and names the version again.
+_REMOTE_WRITTEN = "BEGIN DELETE FROM meta WHERE key = 'listed_manifest'; END;"
+V5 = f"""
+CREATE TRIGGER remote_inserted AFTER INSERT ON paths WHEN NEW.remote_kind IS NOT NULL
+{_REMOTE_WRITTEN}
+CREATE TRIGGER remote_updated AFTER UPDATE OF
+    remote_kind, remote_etag, remote_size, remote_mode, remote_uid, remote_gid,
+    remote_owner, remote_group, remote_mtime, remote_md5, remote_target, remote_marker,
+    remote_enc, remote_from ON paths
+{_REMOTE_WRITTEN}
+CREATE TRIGGER remote_deleted AFTER DELETE ON paths WHEN OLD.remote_kind IS NOT NULL
+{_REMOTE_WRITTEN}
+"""
+
+
 Migration = str | Callable[["sqlite_utils.Database"], None]
 """A schema script, run statement by statement; or, for a step that must reshape a table
 (which SQLite's ALTER TABLE cannot), a function given sqlite-utils' Database for its
 transform(). sqlite-utils is imported only for such a step: loading it took 43 ms, three
 times the making of a new index."""
 
-MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4)
+MIGRATIONS: tuple[Migration, ...] = (V1, V2, V3, V4, V5)
 """MIGRATIONS[i] takes an index from version i to version i + 1 (PRAGMA user_version),
 inside one transaction."""
 

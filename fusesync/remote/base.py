@@ -166,10 +166,11 @@ class Remote(Protocol):
         """The object's headers, or None when it does not exist."""
 
     async def get_bytes(
-        self, key: str, *, if_match: str | None = None
+        self, key: str, *, if_match: str | None = None, if_none_match: str | None = None
     ) -> tuple[bytes, str] | None:
         """(body, etag) of a small object, or None when it does not exist; RemoteChanged
-        when `if_match` is given and the object is no longer that version."""
+        when `if_match` is given and the object is no longer that version, RemoteUnchanged
+        when `if_none_match` is given and the object is still that version."""
 
     async def put_bytes(
         self,

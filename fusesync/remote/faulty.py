@@ -165,10 +165,10 @@ class FaultyRemote:
         return result
 
     async def get_bytes(
-        self, key: str, *, if_match: str | None = None
+        self, key: str, *, if_match: str | None = None, if_none_match: str | None = None
     ) -> tuple[bytes, str] | None:
         await self._enter("get_bytes", key)
-        result = await self.inner.get_bytes(key, if_match=if_match)
+        result = await self.inner.get_bytes(key, if_match=if_match, if_none_match=if_none_match)
         self._exit("get_bytes")
         return result
 

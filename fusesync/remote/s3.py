@@ -39,6 +39,7 @@ from fusesync.errors import (
     RemoteChanged,
     RemoteError,
     RemoteNotFound,
+    RemoteUnchanged,
     SourceChanged,
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
@@ -93,6 +94,8 @@ def translate(
         shown = f"HTTP {status}" if not code or code.isdigit() else code
         if code in ("PreconditionFailed", "412") or status == 412:
             return RemoteChanged(f"{what} changed on the remote since it was last seen")
+        if code in ("NotModified", "304") or status == 304:
+            return RemoteUnchanged(f"{what} is still the version last seen")
         if code == "NoSuchBucket" or (status == 404 and key is None):
             return BucketNotFound(f"bucket '{bucket}' does not exist at {endpoint}")
         if code in _MISSING or status == 404:
@@ -375,10 +378,12 @@ class S3Remote:
         return _head(key, resp)
 
     async def get_bytes(
-        self, key: str, *, if_match: str | None = None
+        self, key: str, *, if_match: str | None = None, if_none_match: str | None = None
     ) -> tuple[bytes, str] | None:
         """GET a small object whole; None when it does not exist."""
         args = {"IfMatch": quote_etag(if_match)} if if_match else {}
+        if if_none_match:
+            args["IfNoneMatch"] = quote_etag(if_none_match)
         if self._crt is not None:
             try:
                 reply = await self._send(

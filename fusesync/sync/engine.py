@@ -43,7 +43,7 @@ from fusesync.sync.plan import (
 )
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
-from fusesync.sync.remote_scan import RemoteScan, known_keys, list_remote, record_remote
+from fusesync.sync.remote_scan import RemoteScan, last_listing, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, ScanResult, scan_paths, scan_tree
 from fusesync.sync.sealed import Sealing
@@ -117,17 +117,17 @@ class Engine:
         """List the remote while the tree is scanned; record the listing only once it is
         complete, so a refused or broken listing changes no base."""
         found: dict[str, Any] = {}
-        known = known_keys(self.index, self.target)
+        last = last_listing(self.index, self.target)
 
         async def remote_side() -> None:
-            found["remote"] = await list_remote(self.remote, self.target, self.exclude, known)
+            found["remote"] = await list_remote(self.remote, self.target, self.exclude, last)
 
         with one_error():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(remote_side)
                 scan = await self.scan_local()
         rows, listing = found["remote"]
-        record_remote(self.index, rows)
+        record_remote(self.index, rows, listing)
         return listing, scan
 
     async def _detect_remote_first(self) -> tuple[RemoteScan, ScanResult, bool]:
@@ -136,8 +136,8 @@ class Engine:
         pull with nothing new costs one listing, whatever the size of the tree. The flag:
         whether any path moved (none: plan_pull would find nothing to do)."""
         rows, listing = await list_remote(self.remote, self.target, self.exclude,
-                                          known_keys(self.index, self.target))
-        record_remote(self.index, rows)
+                                          last_listing(self.index, self.target))
+        record_remote(self.index, rows, listing)
         moved = {
             row["path"]: tuple(row[name] for name in LOCAL_COLUMNS)
             for row in self.index.rows(REMOTE_MOVED, columns=_MOVED_COLUMNS)

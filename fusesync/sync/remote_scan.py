@@ -15,7 +15,7 @@ import trio
 
 from fusesync.config import Target
 from fusesync.crypt.stream import ENC_META, TAG_META, plain_size
-from fusesync.errors import one_error
+from fusesync.errors import RemoteUnchanged, one_error
 from fusesync.index import Index
 from fusesync.remote.base import Listed, Remote
 from fusesync.sync import manifest as manifest_codec
@@ -42,11 +42,19 @@ _HEAD_CONCURRENCY = 16
 S3_PAGE = 1000  # keys per page of a listing: S3's most, and what S3Remote asks for
 
 
+LISTED_MANIFEST = "listed_manifest"
+"""Meta key: the version of the manifest that the remote_* columns were built from, every
+row from its entries (none from a HEAD). Writing any remote_* column elsewhere deletes it
+(schema V5), so it never outlives the rows it speaks for."""
+
+
 @dataclass
 class RemoteScan:
     objects: int = 0
     manifest: RawEntries = field(default_factory=dict)
     manifest_etag: str | None = None
+    built_from: str | None = None
+    """The manifest version every row came from (none from a HEAD); None: not so."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -54,9 +62,24 @@ class RemoteScan:
         return self.objects == 0
 
 
-async def fetch_manifest(remote: Remote, target: Target) -> tuple[RawEntries, str | None]:
-    """The manifest's entries as decoded (plain dicts), and its etag (None: none yet)."""
-    got = await remote.get_bytes(target.manifest_key)
+@dataclass(frozen=True)
+class LastListing:
+    """What the index holds of the remote: the etag of each key the last listing saw, and
+    the manifest version its rows were built from (None: unknown)."""
+
+    etags: dict[str, str | None]
+    manifest_etag: str | None = None
+
+
+NO_LISTING = LastListing({})
+
+
+async def fetch_manifest(
+    remote: Remote, target: Target, if_none_match: str | None = None
+) -> tuple[RawEntries, str | None]:
+    """The manifest's entries as decoded (plain dicts), and its etag (None: none yet);
+    RemoteUnchanged while it is still the version `if_none_match`."""
+    got = await remote.get_bytes(target.manifest_key, if_none_match=if_none_match)
     return (manifest_codec.decode_raw(got[0]), got[1]) if got is not None else ({}, None)
 
 
@@ -90,26 +113,37 @@ async def scan_remote(
     remote: Remote, target: Target, index: Index, exclude: PathMatcher
 ) -> RemoteScan:
     """Record the remote's current state of every path in `index` (remote_* columns)."""
-    rows, result = await list_remote(remote, target, exclude, known_keys(index, target))
-    record_remote(index, rows)
+    rows, result = await list_remote(remote, target, exclude, last_listing(index, target))
+    record_remote(index, rows, result)
     return result
 
 
 async def list_remote(
-    remote: Remote, target: Target, exclude: PathMatcher, known: Sequence[str] = ()
-) -> tuple[dict[str, tuple[Any, ...]], RemoteScan]:
+    remote: Remote, target: Target, exclude: PathMatcher, last: LastListing = NO_LISTING
+) -> tuple[dict[str, tuple[Any, ...]] | None, RemoteScan]:
     """The remote's state of every path, from the listing and the manifest (fetched at
     once); touches no index, so it can run while the local tree is being scanned.
-    `known`: keys the last listing saw (`known_keys`), to list in parallel ranges; with
-    none (a first pull), the manifest's paths are the guess, so the manifest comes first."""
+    `last` (`last_listing`): what the index holds, to list in parallel ranges and, when
+    the manifest is still the version the index's rows were built from and every key is
+    as they say, to answer None (no row moved) without reading the manifest at all.
+    With no keys known (a first pull), the manifest's paths are the guess for the
+    ranges, so the manifest comes first."""
     result = RemoteScan()
     files: dict[str, Listed] = {}
     markers: dict[str, Listed] = {}
     prefix = target.prefix
+    unchanged = False
 
-    async def take_manifest() -> None:
-        result.manifest, result.manifest_etag = await fetch_manifest(remote, target)
+    async def take_manifest(last_seen: str | None = None) -> None:
+        nonlocal unchanged
+        try:
+            result.manifest, result.manifest_etag = await fetch_manifest(
+                remote, target, if_none_match=last_seen
+            )
+        except RemoteUnchanged:
+            result.manifest_etag, unchanged = last_seen, True
 
+    known = list(last.etags)
     manifest_first = not known
     if manifest_first:  # else page after page: 5,000 keys listed in 115-145 ms, 80-105 so
         await take_manifest()
@@ -123,7 +157,7 @@ async def list_remote(
     with one_error():
         async with trio.open_nursery() as nursery:
             if not manifest_first:
-                nursery.start_soon(take_manifest)
+                nursery.start_soon(take_manifest, last.manifest_etag)
             for i in range(len(ranges)):
                 nursery.start_soon(take, i)
         if any(objects is None for objects in taken):  # a store that lists in its own order
@@ -144,6 +178,12 @@ async def list_remote(
             del files[other]
         dirs = {d for d in dirs if not d.startswith(rel + "/")}
         markers = {m: o for m, o in markers.items() if m in dirs}
+    if unchanged:
+        listed = {obj.key: obj.etag for obj in (*files.values(), *markers.values())}
+        if listed == last.etags:
+            result.built_from = last.manifest_etag
+            return None, result
+        await take_manifest()  # the listing moved without the manifest: another tool wrote
 
     rows: dict[str, tuple[Any, ...]] = {}
     foreign: list[tuple[str, Listed]] = []
@@ -179,19 +219,22 @@ async def list_remote(
     async with trio.open_nursery() as nursery:
         for rel, obj in foreign:
             nursery.start_soon(head_one, rel, obj)
-
+    if not foreign:  # else HEADs, not the manifest, said what some rows hold
+        result.built_from = result.manifest_etag
     return rows, result
 
 
-def known_keys(index: Index, target: Target) -> list[str]:
-    """The keys the last listing saw under the target's prefix."""
-    return [
-        target.prefix + path + ("/" if marker else "")
-        for path, marker in index.conn.execute(
-            "SELECT path, remote_marker FROM paths WHERE remote_kind IS NOT NULL "
+def last_listing(index: Index, target: Target) -> LastListing:
+    """The keys the last listing saw under the target's prefix, and the manifest version
+    the rows were built from, while no other writer has touched them."""
+    etags = {
+        target.prefix + path + ("/" if marker else ""): etag
+        for path, marker, etag in index.conn.execute(
+            "SELECT path, remote_marker, remote_etag FROM paths WHERE remote_kind IS NOT NULL "
             "AND (remote_kind != 'dir' OR remote_marker)"
         )
-    ]
+    }
+    return LastListing(etags, index.meta(LISTED_MANIFEST) or None)
 
 
 def _ranges(known: Sequence[str], page: int) -> list[tuple[str | None, bytes | None]]:
@@ -252,8 +295,13 @@ def _take_listing(
         (markers if is_marker else files)[rel] = obj
 
 
-def record_remote(index: Index, rows: dict[str, tuple[Any, ...]]) -> None:
-    """Write what changed since the last listing: new or changed rows, and paths gone."""
+def record_remote(
+    index: Index, rows: dict[str, tuple[Any, ...]] | None, listing: RemoteScan
+) -> None:
+    """Write what changed since the last listing: new or changed rows, and paths gone;
+    then the manifest version they were built from. None: the rows stand as they are."""
+    if rows is None:
+        return
     names = ", ".join(REMOTE_COLUMNS)
     known = {
         row[0]: tuple(row[1:])
@@ -267,6 +315,8 @@ def record_remote(index: Index, rows: dict[str, tuple[Any, ...]]) -> None:
         index.upsert_many(REMOTE_COLUMNS, changed)
         cleared = tuple(0 if name == "remote_marker" else None for name in REMOTE_COLUMNS)
         index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
+        if listing.built_from:  # after the rows: writing them forgets it (schema V5)
+            index.set_meta(LISTED_MANIFEST, listing.built_from)
 
 
 def _entry(manifest: RawEntries, rel: str) -> dict[str, Any] | None:
