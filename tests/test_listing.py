@@ -17,9 +17,8 @@ from fusesync.config import Settings, Target
 from fusesync.index import Index
 from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
-from fusesync.sync import manifest
+from fusesync.sync import manifest, remote_scan
 from fusesync.sync.matcher import PathMatcher
-from fusesync.sync import remote_scan
 from fusesync.sync.remote_scan import (
     LISTED_MANIFEST,
     S3_PAGE,
