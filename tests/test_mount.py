@@ -191,6 +191,30 @@ def test_pull_while_mounted_shows_new_content_at_once(one: Cluster, two: Cluster
     assert_clean_log(two)
 
 
+def test_a_pull_through_the_mount_forgets_only_what_moved(one: Cluster, two: Cluster) -> None:
+    """The kernel keeps the names and attributes of entries the listing did not change:
+    a remote-only entry looked at before keeps its inode number across a pull that found
+    nothing new (a pull used to drop every name it had); one changed or deleted on the
+    remote shows as it now is at once."""
+    populate_remote(one)
+    remote_only_state(two)
+    with mounted(two.home, two.env):
+        kept, changed, gone = two.home / "script.sh", two.home / "docs" / "notes.txt", \
+            two.home / "big.bin"
+        seen = {path: os.stat(path).st_ino for path in (kept, changed, gone)}
+        mounted_run(two, "pull")
+        assert {path: os.stat(path).st_ino for path in seen} == seen
+        (one.home / "docs" / "notes.txt").write_text("longer notes from one\n")
+        (one.home / "big.bin").unlink()
+        one.push()
+        mounted_run(two, "pull")
+        assert os.stat(kept).st_ino == seen[kept]
+        assert os.stat(changed).st_size == len("longer notes from one\n")
+        assert not gone.exists()
+        assert changed.read_text() == "longer notes from one\n"
+    assert_clean_log(two)
+
+
 def test_unmount_leaves_a_plain_complete_directory(one: Cluster, two: Cluster) -> None:
     populate_remote(one)
     remote_only_state(two)

@@ -43,6 +43,10 @@ from fusesync.sync.report import NoProgress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, md5_file, md5_text
 from fusesync.sync.sealed import Sealing
 
+NEVER_FETCHED = "local_kind IS NULL AND base_kind IS NULL AND dirty = 0"
+"""SQL for a remote-only entry never fetched here: shown from its remote row alone, with
+no base (an evicted file keeps the base it was fetched at)."""
+
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
 
 
@@ -185,7 +189,7 @@ class MountService:
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
         guard_empty_remote(listing.empty, self.index, self.target)
-        actions = [a for row in self.index.rows(REMOTE_MOVED)  # pull acts on no other row
+        actions = [a for row in self._moved_rows(listing.moved)
                    if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         if dry_run:
@@ -221,8 +225,19 @@ class MountService:
             await puller.run(delegated, DEFAULT_CONCURRENCY)
         self.index.prune()
         self.overlay.dirs.clear()
-        await self.forget_in_kernel([a.path for a in actions])
+        await self.forget_in_kernel(sorted({*(a.path for a in actions), *listing.moved}))
         return report.done()
+
+    def _moved_rows(self, listed: Sequence[str]) -> list[Row]:
+        """The rows pull acts on (REMOTE_MOVED), but of the entries never fetched only those
+        this listing changed: with no base, every one of them counts as moved at every
+        pull, and a pull with nothing new cost a plan of each (40 ms at 5,000 paths) and
+        dropped every name the kernel had cached."""
+        rows = list(self.index.rows(f"({REMOTE_MOVED}) AND NOT ({NEVER_FETCHED})"))
+        planned = {row["path"] for row in rows}
+        rows += [row for path in listed
+                 if path not in planned and (row := self.index.get(path)) is not None]
+        return sorted(rows, key=lambda row: row["path"])
 
     def _open_paths(self, writable: bool) -> set[str]:
         nodes = self.overlay.handles.open_nodes(writable)

@@ -55,6 +55,8 @@ class RemoteScan:
     manifest_etag: str | None = None
     built_from: str | None = None
     """The manifest version every row came from (none from a HEAD); None: not so."""
+    moved: list[str] = field(default_factory=list)
+    """Paths whose remote side this listing found changed, new or gone (once recorded)."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -114,7 +116,7 @@ async def scan_remote(
 ) -> RemoteScan:
     """Record the remote's current state of every path in `index` (remote_* columns)."""
     rows, result = await list_remote(remote, target, exclude, last_listing(index, target))
-    record_remote(index, rows, result)
+    result.moved = record_remote(index, rows, result)
     return result
 
 
@@ -297,11 +299,12 @@ def _take_listing(
 
 def record_remote(
     index: Index, rows: dict[str, tuple[Any, ...]] | None, listing: RemoteScan
-) -> None:
+) -> list[str]:
     """Write what changed since the last listing: new or changed rows, and paths gone;
-    then the manifest version they were built from. None: the rows stand as they are."""
+    then the manifest version they were built from. None: the rows stand as they are.
+    Returns the paths written."""
     if rows is None:
-        return
+        return []
     names = ", ".join(REMOTE_COLUMNS)
     known = {
         row[0]: tuple(row[1:])
@@ -317,6 +320,7 @@ def record_remote(
         index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
         if listing.built_from:  # after the rows: writing them forgets it (schema V5)
             index.set_meta(LISTED_MANIFEST, listing.built_from)
+    return [*(row[0] for row in changed), *gone]
 
 
 def _entry(manifest: RawEntries, rel: str) -> dict[str, Any] | None:
