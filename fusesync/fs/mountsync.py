@@ -10,6 +10,7 @@ This module never reaches the tree through the mount: only through the kept desc
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -233,11 +234,9 @@ class MountService:
         this listing changed: with no base, every one of them counts as moved at every
         pull, and a pull with nothing new cost a plan of each (40 ms at 5,000 paths) and
         dropped every name the kernel had cached."""
-        rows = list(self.index.rows(f"({REMOTE_MOVED}) AND NOT ({NEVER_FETCHED})"))
-        planned = {row["path"] for row in rows}
-        rows += [row for path in listed
-                 if path not in planned and (row := self.index.get(path)) is not None]
-        return sorted(rows, key=lambda row: row["path"])
+        changed = "path IN (SELECT value FROM json_each(?))"
+        return list(self.index.rows(f"(NOT ({NEVER_FETCHED}) OR {changed}) AND ({REMOTE_MOVED})",
+                                    (json.dumps(listed),)))
 
     def _open_paths(self, writable: bool) -> set[str]:
         nodes = self.overlay.handles.open_nodes(writable)
