@@ -171,12 +171,20 @@ def _reconcile(root_fd: int, index: Index, exclude: PathMatcher) -> None:
     log.info("scanned %d paths; %d changed since the last sync", result.paths, changed)
 
 
+PREPARE_AFTER = 5.0
+"""Seconds after the mount serves before boto3's client is built in the background."""
+
+
 async def _prepare(remote: S3Remote) -> None:
     """Build boto3's client (~0.2 s: imports, data files, ~/.aws) once the mount serves,
     in a worker thread: the files it reads may lie under the mount, and a worker's read
-    is served by the trio thread, never waited on by it. Requests that need boto3 (the
-    light path and the CRT cover most) wait for the client in their own worker thread;
-    one that fails here is tried again by the first of them, which reports it."""
+    is served by the trio thread, never waited on by it. Not at once: the first pull,
+    lookups and listings after mounting would share the interpreter with it (50 ms of a
+    first pull and find at 5,000 files). Requests that need boto3 (copies, deletes,
+    large uploads: the light path and the CRT cover the rest) build it in their own
+    worker thread if it is not there yet; one that fails here is tried again by the
+    first of them, which reports it."""
+    await trio.sleep(PREPARE_AFTER)
     try:
         await trio.to_thread.run_sync(remote.prepare, abandon_on_cancel=True)
     except Exception as exc:  # reported again by the first request that needs it
