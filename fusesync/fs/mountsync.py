@@ -133,10 +133,8 @@ class MountService:
         skipped = await self.detect(rows)
         report.skipped.extend(skipped)
         left = {path for path, _ in skipped}
-        paths = [row["path"] for row in rows if row["path"] not in left]
         actions = []
-        for path in paths:
-            row = self.index.require(path)
+        for row in self._journaled(upto, left):  # as detect left them
             action = plan_push(row, remote_listed=False)
             if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
@@ -153,10 +151,14 @@ class MountService:
             pusher.manifest_cache = self.manifest
             await pusher.run(actions, DEFAULT_CONCURRENCY)
             self.index.set_meta("push_running", "")
-        for path in paths:
-            self._settle_journal(path, upto)
+        self._settle_journal(upto, left)
         self.index.prune()
         return report.done()
+
+    def _journaled(self, upto: int, left: set[str]) -> list[Row]:
+        """The rows marked as of journal number `upto`, but those in `left`, as they are
+        now: one query, not one a path (1,000 new files: 1,000 lookups, twice a push)."""
+        return [row for row in self.journal.dirty_rows(upto) if row["path"] not in left]
 
     async def carry_moves_alone(self) -> None:
         """carry_moves as a run of its own (at unmount), never beside a forwarded one."""
@@ -169,17 +171,21 @@ class MountService:
         await moves.carry_moves(self.journal, self.remote, self.target, report,
                                 DEFAULT_CONCURRENCY, self.manifest)
 
-    def _settle_journal(self, path: str, upto: int) -> None:
-        """Clear the mark of a path push has carried; keep it where work is left."""
-        row = self.index.get(path)
-        if row is None or self.index.count("remote_from = ?", (path,)):
-            return  # the old path of a move not carried yet: stays hidden
-        action = plan_push(row, remote_listed=False)
-        if action is not None and action.op == Op.KEEP_REMOTE:
-            self.index.upsert(path, **columns.NO_BASE)  # the remote copy stays: show it
-            action = None
-        if action is None or excluded(self.exclude, row):
-            self.journal.clear(path, upto)
+    def _settle_journal(self, upto: int, left: set[str]) -> None:
+        """Clear the marks push has carried (journal number `upto` and before, but paths
+        in `left`); keep them where work is left."""
+        moving = {row["remote_from"] for row in self.journal.moves()}
+        with self.index.transaction():
+            for row in self._journaled(upto, left):
+                path = row["path"]
+                if path in moving:
+                    continue  # the old path of a move not carried yet: stays hidden
+                action = plan_push(row, remote_listed=False)
+                if action is not None and action.op == Op.KEEP_REMOTE:
+                    self.index.upsert(path, **columns.NO_BASE)  # the remote copy stays: show it
+                    action = None
+                if action is None or excluded(self.exclude, row):
+                    self.journal.clear(path, upto)
 
     # -- pull --------------------------------------------------------------------------
 
