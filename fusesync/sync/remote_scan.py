@@ -185,7 +185,7 @@ async def list_remote(
         if listed == last.etags:
             result.built_from = last.manifest_etag
             return None, result
-        await take_manifest()  # the listing moved without the manifest: another tool wrote
+        await take_manifest()  # keys moved, not the manifest: another tool, or new excludes
 
     rows: dict[str, tuple[Any, ...]] = {}
     foreign: list[tuple[str, Listed]] = []
