@@ -93,6 +93,25 @@ def test_attribute_only_changes_travel(one: Cluster, two: Cluster) -> None:
     assert (two.home / ".bashrc").stat().st_mtime == 1_000_000_000
 
 
+def test_directories_past_one_batch_arrive_with_their_modes(one: Cluster, two: Cluster) -> None:
+    """More directories than the pull makes in one worker-thread hop, read-only ones with
+    a file inside among them: each arrives with its mode and its file."""
+    from fusesync.sync.pull import DIR_BATCH
+
+    count = DIR_BATCH + 40
+    for i in range(count):
+        folder = one.home / "runs" / f"r{i:04d}"
+        folder.mkdir(parents=True)
+        (folder / "out.txt").write_text(f"run {i}\n")
+        folder.chmod(0o555 if i % 2 else 0o750)
+    one.push()
+    assert two.pull().output.splitlines()[-1].startswith(f"   {count} downloaded")
+    for i in range(count):
+        folder = two.home / "runs" / f"r{i:04d}"
+        assert stat.S_IMODE(folder.stat().st_mode) == (0o555 if i % 2 else 0o750), folder
+        assert (folder / "out.txt").read_text() == f"run {i}\n"
+
+
 def test_deletes_travel_and_delete_guard(one: Cluster, two: Cluster) -> None:
     populate(one.home)
     one.push()

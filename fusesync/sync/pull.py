@@ -39,6 +39,10 @@ class Download(Landing):
     expected_md5: str | None = None
     md5: str = ""  # the body's, set by the landing thread
 
+SKIPPED = (LocalChanged, UnsafePath, RemoteChanged, IntegrityError, OSError)
+"""What leaves one path alone, reported, while the pull goes on."""
+DIR_BATCH = 512
+"""Directories made per worker-thread hop (a batch is not cancelled half-way)."""
 SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then landed in batches."""
 LANDING_BATCH = 128
@@ -105,8 +109,7 @@ class Puller:
         dirs = sorted(
             (a for a in actions if a.op == Op.FETCH and a.kind == Kind.DIR), key=lambda a: a.path
         )
-        for action in dirs:  # parents before children, so files have somewhere to land
-            await self._guarded(action, self._make_dir, final=False)
+        await self._make_dirs(dirs, final=False)  # parents first: files land in them
         # Large and encrypted files in flight, each holding its slot for all its requests;
         # a small file's one request is bounded by the remote's own limiter alone.
         self._net = trio.CapacityLimiter(concurrency)
@@ -134,24 +137,25 @@ class Puller:
                          key=lambda a: a.path, reverse=True)  # children before parents
         for action in deletes:
             await self._guarded(action, self._delete)
-        for action in reversed(dirs):  # final modes last: a read-only dir was filled first
-            await self._guarded(action, self._make_dir, final=True)
+        await self._make_dirs(dirs[::-1], final=True)  # a read-only dir was filled first
 
     async def _guarded(self, action: Action, step, **kw) -> None:  # type: ignore[no-untyped-def]
         row = action.row
         assert row is not None, "plans carry their rows"
         try:
             await step(action, row, **kw)
-        except (LocalChanged, UnsafePath) as exc:
-            self.report.skipped.append((action.path, str(exc)))
-        except RemoteChanged:
-            self.report.skipped.append(
-                (action.path, "changed on the remote during the pull; pull again")
-            )
-        except IntegrityError as exc:
-            self.report.skipped.append((action.path, str(exc)))
-        except OSError as exc:
-            self.report.skipped.append((action.path, f"cannot write: {exc.strerror}"))
+        except SKIPPED as exc:
+            self._skip(action.path, exc)
+
+    def _skip(self, path: str, exc: Exception) -> None:
+        """Report why `path` was left as it was (one of SKIPPED)."""
+        if isinstance(exc, RemoteChanged):
+            why = "changed on the remote during the pull; pull again"
+        elif isinstance(exc, OSError):
+            why = f"cannot write: {exc.strerror}"
+        else:
+            why = str(exc)
+        self.report.skipped.append((path, why))
 
     async def _dispatch(self, action: Action, row: Row) -> None:
         if action.op == Op.CONFLICT:
@@ -285,16 +289,35 @@ class Puller:
             (action.path, f"changed on both sides; the remote version is in '{name}'")
         )
 
-    async def _make_dir(self, action: Action, row: Row, final: bool) -> None:
-        mode = (row["remote_mode"] or 0o755) & 0o7777
-        st = await trio.to_thread.run_sync(
-            self.tree.make_dir, action.path, mode if final else mode | 0o700,
-            remote_owner(row) if final else None, limiter=self._disk,
-        )
-        if final:
-            local = columns.local_from_stat(st, Kind.DIR, None, None)
-            self.rows.put(action.path, **local, **columns.local_base(local),
-                          **columns.remote_base(row))
+    async def _make_dirs(self, dirs: Sequence[Action], final: bool) -> None:
+        """Make each directory, writable by us (parents first), or give each its own mode
+        and owner (`final`, children first), DIR_BATCH to a worker-thread hop: a hop each
+        cost ~0.1 ms a directory, twice a pull (35 ms of one at 147 directories)."""
+
+        def make(batch: Sequence[Action]) -> list[os.stat_result | Exception]:
+            made: list[os.stat_result | Exception] = []
+            for action in batch:
+                row = action.row
+                assert row is not None, "plans carry their rows"
+                mode = (row["remote_mode"] or 0o755) & 0o7777
+                try:
+                    made.append(self.tree.make_dir(action.path, mode if final else mode | 0o700,
+                                                   remote_owner(row) if final else None))
+                except SKIPPED as exc:
+                    made.append(exc)
+            return made
+
+        for start in range(0, len(dirs), DIR_BATCH):
+            batch = dirs[start : start + DIR_BATCH]
+            made = await trio.to_thread.run_sync(make, batch, limiter=self._disk)
+            for action, st in zip(batch, made, strict=True):
+                if isinstance(st, Exception):
+                    self._skip(action.path, st)
+                elif final:
+                    assert action.row is not None, "plans carry their rows"
+                    local = columns.local_from_stat(st, Kind.DIR, None, None)
+                    self.rows.put(action.path, **local, **columns.local_base(local),
+                                  **columns.remote_base(action.row))
 
     async def _delete(self, action: Action, row: Row) -> None:
         removed = await trio.to_thread.run_sync(
