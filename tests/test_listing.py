@@ -199,3 +199,37 @@ def test_rows_stand_while_the_manifest_and_every_key_do(
         assert decoded and modes() == {0o100600}
 
     trio.run(run)
+
+
+def test_a_cut_at_a_folder_loses_no_key_below_it(settings: Settings, tmp_path: Path) -> None:
+    """SeaweedFS answers 'the keys after a/b' with those after the folder a/b and all it
+    holds. A listing split where a folder is (a first listing's manifest names folders; a
+    file the last listing saw may be a folder now) still takes every key below it."""
+    remote = FaultyRemote(S3Remote(settings, max_concurrency=32))
+    t = target(tmp_path, settings.bucket)
+    # 998 keys sort before the folder 'e', so a split at S3_PAGE - 1 keys falls on it
+    keys = [*(f"{PREFIX}d/f{i:04d}" for i in range(S3_PAGE - 2)), f"{PREFIX}e/x",
+            f"{PREFIX}e/y", *(f"{PREFIX}g{i:03d}" for i in range(100))]
+    etag = hashlib.md5(b"x").hexdigest()
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(remote.put_bytes, key, b"x")
+        entries: dict[str, dict[str, object]] = {
+            key[len(PREFIX):]: {"kind": "file", "etag": etag, "size": 1, "md5": etag}
+            for key in keys
+        }
+        entries["e"] = {"kind": "dir", "mode": 0o40755}
+        entries["d"] = {"kind": "dir", "mode": 0o40755}
+        await remote.put_bytes(t.manifest_key, manifest.encode_raw(entries))
+        rows, scan = await list_remote(remote, t, PathMatcher(()))
+        assert scan.objects == len(keys) and {"e/x", "e/y"} <= set(rows)
+
+        was_a_file = [*(k for k in keys if "/e/" not in k), f"{PREFIX}e"]
+        rows, scan = await list_remote(remote, t, PathMatcher(()),
+                                       LastListing(dict.fromkeys(was_a_file)))
+        assert scan.objects == len(keys) and {"e/x", "e/y"} <= set(rows)
+        assert rows is not None and len([p for p in rows if "/" in p]) == len(keys) - 100
+
+    trio.run(run)

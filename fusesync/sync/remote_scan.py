@@ -149,7 +149,8 @@ async def list_remote(
     manifest_first = not known
     if manifest_first:  # else page after page: 5,000 keys listed in 115-145 ms, 80-105 so
         await take_manifest()
-        known = [prefix + path for path in result.manifest]
+        known = [prefix + path for path in result.manifest  # a folder is no key: _below_cuts
+                 if (entry := _entry(result.manifest, path)) is None or entry["kind"] != Kind.DIR]
     ranges = _ranges(known, S3_PAGE)
     taken: list[list[Listed] | None] = [None] * len(ranges)
 
@@ -164,6 +165,8 @@ async def list_remote(
                 nursery.start_soon(take, i)
         if any(objects is None for objects in taken):  # a store that lists in its own order
             taken = [await _take_range(remote, prefix, None, None)]
+        else:
+            taken.append(await _below_cuts(remote, [start for start, _ in ranges[1:]], taken))
     for objects in taken:
         assert objects is not None, "every range was taken, or the whole listing"
         _take_listing(objects, prefix, exclude, result, files, markers)
@@ -276,6 +279,29 @@ async def _take_range(
         if isinstance(listing, AsyncGenerator):  # stopped early: close its pages
             await listing.aclose()
     return objects
+
+
+async def _below_cuts(
+    remote: Remote, cuts: Sequence[str | None], taken: Sequence[list[Listed] | None]
+) -> list[Listed]:
+    """Keys below a cut that names no object: a store that keeps folders as directories
+    (SeaweedFS) answers 'the keys after a/b' with those after the folder a/b and all it
+    holds, which byte order puts after a/b too. A cut at a key the listing found is a file,
+    so nothing lies below it; one not found (deleted since the last listing, or a folder
+    now) costs a listing of what lies below it, mostly none."""
+    found = {obj.key for objects in taken if objects is not None for obj in objects}
+    below: dict[str, Listed] = {}  # cuts may nest: 'a' and 'a/b'
+
+    async def take(cut: str) -> None:
+        for obj in await _take_range(remote, cut + "/", None, None) or ():
+            if obj.key not in found:
+                below[obj.key] = obj
+
+    async with trio.open_nursery() as nursery:
+        for cut in cuts:
+            if cut is not None and cut not in found:
+                nursery.start_soon(take, cut)
+    return [below[key] for key in sorted(below)]
 
 
 def _take_listing(
