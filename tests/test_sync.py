@@ -93,23 +93,39 @@ def test_attribute_only_changes_travel(one: Cluster, two: Cluster) -> None:
     assert (two.home / ".bashrc").stat().st_mtime == 1_000_000_000
 
 
-def test_directories_past_one_batch_arrive_with_their_modes(one: Cluster, two: Cluster) -> None:
-    """More directories than the pull makes in one worker-thread hop, read-only ones with
-    a file inside among them: each arrives with its mode and its file."""
-    from fusesync.sync.pull import DIR_BATCH
+def test_directories_past_one_batch_arrive_and_go(one: Cluster, two: Cluster) -> None:
+    """More directories than the pull makes or deletes in one worker-thread hop, read-only
+    ones with a file inside among them: each arrives with its mode and its file; deleted
+    on the other side, each goes, but for the one file changed here and its folder."""
+    from fusesync.sync.pull import BATCH
 
-    count = DIR_BATCH + 40
+    count = BATCH + 40
+    (one.home / "notes.txt").write_text("stays\n")  # a remote that empties is refused
     for i in range(count):
         folder = one.home / "runs" / f"r{i:04d}"
         folder.mkdir(parents=True)
         (folder / "out.txt").write_text(f"run {i}\n")
         folder.chmod(0o555 if i % 2 else 0o750)
     one.push()
-    assert two.pull().output.splitlines()[-1].startswith(f"   {count} downloaded")
+    assert two.pull().output.splitlines()[-1].startswith(f"   {count + 1} downloaded")
     for i in range(count):
         folder = two.home / "runs" / f"r{i:04d}"
         assert stat.S_IMODE(folder.stat().st_mode) == (0o555 if i % 2 else 0o750), folder
         assert (folder / "out.txt").read_text() == f"run {i}\n"
+
+    kept = two.home / "runs" / "r0007" / "out.txt"
+    kept.write_text("changed here\n")
+    for folder in (one.home / "runs").iterdir():
+        folder.chmod(0o750)
+        (folder / "out.txt").unlink()
+        folder.rmdir()
+    (one.home / "runs").rmdir()
+    one.push("--max-delete", "100%")
+    output = two.pull("--max-delete", "100%", status=3).output
+    assert f" {count - 1} deleted" in output.splitlines()[-1]
+    assert "skipped: runs/r0007/out.txt: deleted on the remote, changed here: kept" in output
+    assert [p.name for p in (two.home / "runs").iterdir()] == ["r0007"]
+    assert kept.read_text() == "changed here\n"
 
 
 def test_deletes_travel_and_delete_guard(one: Cluster, two: Cluster) -> None:

@@ -11,9 +11,9 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import trio
 
@@ -39,10 +39,12 @@ class Download(Landing):
     expected_md5: str | None = None
     md5: str = ""  # the body's, set by the landing thread
 
+_T = TypeVar("_T")
+
 SKIPPED = (LocalChanged, UnsafePath, RemoteChanged, IntegrityError, OSError)
 """What leaves one path alone, reported, while the pull goes on."""
-DIR_BATCH = 512
-"""Directories made per worker-thread hop (a batch is not cancelled half-way)."""
+BATCH = 512
+"""Directories made or paths deleted per worker-thread hop (not cancelled half-way)."""
 SMALL = 1 << 20
 """Files up to this size are fetched whole in one request, then landed in batches."""
 LANDING_BATCH = 128
@@ -135,8 +137,7 @@ class Puller:
                 nursery.start_soon(worker)
         deletes = sorted((a for a in actions if a.op == Op.DELETE_LOCAL),
                          key=lambda a: a.path, reverse=True)  # children before parents
-        for action in deletes:
-            await self._guarded(action, self._delete)
+        await self._in_batches(deletes, self._remove, self._removed)
         await self._make_dirs(dirs[::-1], final=True)  # a read-only dir was filled first
 
     async def _guarded(self, action: Action, step, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -289,41 +290,58 @@ class Puller:
             (action.path, f"changed on both sides; the remote version is in '{name}'")
         )
 
-    async def _make_dirs(self, dirs: Sequence[Action], final: bool) -> None:
-        """Make each directory, writable by us (parents first), or give each its own mode
-        and owner (`final`, children first), DIR_BATCH to a worker-thread hop: a hop each
-        cost ~0.1 ms a directory, twice a pull (35 ms of one at 147 directories)."""
+    async def _in_batches(
+        self, actions: Sequence[Action], work: Callable[[Action, Row], _T],
+        done: Callable[[Action, Row, _T], None],
+    ) -> None:
+        """`work` (blocking) for each action in order, BATCH of them to a worker-thread hop,
+        then `done` with its result in trio's thread; one that fails as SKIPPED is reported
+        and left. A hop each cost ~0.1 ms a path: a pull of 3,000 folders spent 0.45 s on
+        making them and setting their modes."""
 
-        def make(batch: Sequence[Action]) -> list[os.stat_result | Exception]:
-            made: list[os.stat_result | Exception] = []
+        def run(batch: Sequence[Action]) -> list[_T | Exception]:
+            results: list[_T | Exception] = []
             for action in batch:
-                row = action.row
-                assert row is not None, "plans carry their rows"
-                mode = (row["remote_mode"] or 0o755) & 0o7777
+                assert action.row is not None, "plans carry their rows"
                 try:
-                    made.append(self.tree.make_dir(action.path, mode if final else mode | 0o700,
-                                                   remote_owner(row) if final else None))
+                    results.append(work(action, action.row))
                 except SKIPPED as exc:
-                    made.append(exc)
-            return made
+                    results.append(exc)
+            return results
 
-        for start in range(0, len(dirs), DIR_BATCH):
-            batch = dirs[start : start + DIR_BATCH]
-            made = await trio.to_thread.run_sync(make, batch, limiter=self._disk)
-            for action, st in zip(batch, made, strict=True):
-                if isinstance(st, Exception):
-                    self._skip(action.path, st)
-                elif final:
-                    assert action.row is not None, "plans carry their rows"
-                    local = columns.local_from_stat(st, Kind.DIR, None, None)
-                    self.rows.put(action.path, **local, **columns.local_base(local),
-                                  **columns.remote_base(action.row))
+        for start in range(0, len(actions), BATCH):
+            batch = actions[start : start + BATCH]
+            results = await trio.to_thread.run_sync(run, batch, limiter=self._disk)
+            for action, result in zip(batch, results, strict=True):
+                assert action.row is not None, "plans carry their rows"
+                if isinstance(result, Exception):
+                    self._skip(action.path, result)
+                else:
+                    done(action, action.row, result)
 
-    async def _delete(self, action: Action, row: Row) -> None:
-        removed = await trio.to_thread.run_sync(
-            self.tree.remove, action.path, local_version(row) if row["local_kind"] != Kind.DIR
-            else None, limiter=self._disk,
+    async def _make_dirs(self, dirs: Sequence[Action], final: bool) -> None:
+        """Make each directory writable by us (parents first), or give each its own mode
+        and owner (`final`, children first) and record it."""
+
+        def make(action: Action, row: Row) -> os.stat_result:
+            mode = (row["remote_mode"] or 0o755) & 0o7777
+            return self.tree.make_dir(action.path, mode if final else mode | 0o700,
+                                      remote_owner(row) if final else None)
+
+        def made(action: Action, row: Row, st: os.stat_result) -> None:
+            if final:
+                local = columns.local_from_stat(st, Kind.DIR, None, None)
+                self.rows.put(action.path, **local, **columns.local_base(local),
+                              **columns.remote_base(row))
+
+        await self._in_batches(dirs, make, made)
+
+    def _remove(self, action: Action, row: Row) -> bool:
+        return self.tree.remove(
+            action.path, local_version(row) if row["local_kind"] != Kind.DIR else None
         )
+
+    def _removed(self, action: Action, row: Row, removed: bool) -> None:
         if removed:
             self.rows.put(action.path, **columns.NO_BASE, **columns.NO_LOCAL)
             if row["local_kind"] != Kind.DIR:
