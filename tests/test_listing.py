@@ -202,9 +202,10 @@ def test_rows_stand_while_the_manifest_and_every_key_do(
 
 
 def test_a_cut_at_a_folder_loses_no_key_below_it(settings: Settings, tmp_path: Path) -> None:
-    """SeaweedFS answers 'the keys after a/b' with those after the folder a/b and all it
+    """SeaweedFS lists a folder's keys where the folder's name sorts ('e/x' after 'd',
+    before 'e-1') and answers 'the keys after e' with those after the folder e and all it
     holds. A listing split where a folder is (a first listing's manifest names folders; a
-    file the last listing saw may be a folder now) still takes every key below it."""
+    file the last listing saw may be a folder now), or beside one, takes every key."""
     remote = FaultyRemote(S3Remote(settings, max_concurrency=32))
     t = target(tmp_path, settings.bucket)
     # 998 keys sort before the folder 'e', so a split at S3_PAGE - 1 keys falls on it
@@ -231,5 +232,14 @@ def test_a_cut_at_a_folder_loses_no_key_below_it(settings: Settings, tmp_path: P
                                        LastListing(dict.fromkeys(was_a_file)))
         assert scan.objects == len(keys) and {"e/x", "e/y"} <= set(rows)
         assert rows is not None and len([p for p in rows if "/" in p]) == len(keys) - 100
+
+        # a file 'e-1' beside the folder: S3 puts it before 'e/x', SeaweedFS after 'e/y';
+        # a cut at it saw no key out of order, and missed it and the folder's keys
+        await remote.put_bytes(f"{PREFIX}e-1", b"x")
+        now = sorted([*keys, f"{PREFIX}e-1"])
+        assert _ranges(now, S3_PAGE)[1][0] == f"{PREFIX}e-1"  # the cut
+        rows, scan = await list_remote(remote, t, PathMatcher(()),
+                                       LastListing(dict.fromkeys(now)))
+        assert scan.objects == len(now) and {"e/x", "e/y", "e-1"} <= set(rows or ())
 
     trio.run(run)

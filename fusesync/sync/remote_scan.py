@@ -6,6 +6,7 @@ them). Keys that could escape the tree or clash are skipped and reported, never 
 
 from __future__ import annotations
 
+import itertools
 import stat
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -149,10 +150,10 @@ async def list_remote(
     manifest_first = not known
     if manifest_first:  # else page after page: 5,000 keys listed in 115-145 ms, 80-105 so
         await take_manifest()
-        known = [prefix + path for path in result.manifest  # a folder is no key: _below_cuts
+        known = [prefix + path for path in result.manifest  # a folder is no key (_meet)
                  if (entry := _entry(result.manifest, path)) is None or entry["kind"] != Kind.DIR]
     ranges = _ranges(known, S3_PAGE)
-    taken: list[list[Listed] | None] = [None] * len(ranges)
+    taken: list[_Range | None] = [None] * len(ranges)
 
     async def take(i: int) -> None:
         taken[i] = await _take_range(remote, prefix, *ranges[i])
@@ -163,13 +164,11 @@ async def list_remote(
                 nursery.start_soon(take_manifest, last.manifest_etag)
             for i in range(len(ranges)):
                 nursery.start_soon(take, i)
-        if any(objects is None for objects in taken):  # a store that lists in its own order
+        if not _meet(taken):  # a store that lists in its own order
             taken = [await _take_range(remote, prefix, None, None)]
-        else:
-            taken.append(await _below_cuts(remote, [start for start, _ in ranges[1:]], taken))
-    for objects in taken:
-        assert objects is not None, "every range was taken, or the whole listing"
-        _take_listing(objects, prefix, exclude, result, files, markers)
+    for each in taken:
+        assert each is not None, "every range was taken, or the whole listing"
+        _take_listing(each.objects, prefix, exclude, result, files, markers)
 
     dirs = set(markers)
     for rel in (*files, *markers):
@@ -255,12 +254,18 @@ def _ranges(known: Sequence[str], page: int) -> list[tuple[str | None, bytes | N
     return list(zip(starts, ends, strict=True))
 
 
+@dataclass(frozen=True)
+class _Range:
+    objects: list[Listed]
+    after: str | None
+    """The first key the store listed past the range's end (None: the listing ended)."""
+
+
 async def _take_range(
     remote: Remote, prefix: str, start_after: str | None, last: bytes | None
-) -> list[Listed] | None:
+) -> _Range | None:
     """The keys after `start_after` up to and including `last` (None: no bound), or None
-    when the store does not list in UTF-8 byte order (as S3 does), so ranges cannot be
-    trusted to meet."""
+    when the store does not list them in UTF-8 byte order (as S3 does)."""
     objects: list[Listed] = []
     bounded = start_after is not None or last is not None  # the whole listing needs no order
     previous = start_after.encode("utf-8", "surrogateescape") if start_after else None
@@ -272,36 +277,28 @@ async def _take_range(
                 if previous is not None and key <= previous:
                     return None
                 if last is not None and key > last:
-                    return objects
+                    return _Range(objects, obj.key)
                 previous = key
             objects.append(obj)
     finally:
         if isinstance(listing, AsyncGenerator):  # stopped early: close its pages
             await listing.aclose()
-    return objects
+    return _Range(objects, None)
 
 
-async def _below_cuts(
-    remote: Remote, cuts: Sequence[str | None], taken: Sequence[list[Listed] | None]
-) -> list[Listed]:
-    """Keys below a cut that names no object: a store that keeps folders as directories
-    (SeaweedFS) answers 'the keys after a/b' with those after the folder a/b and all it
-    holds, which byte order puts after a/b too. A cut at a key the listing found is a file,
-    so nothing lies below it; one not found (deleted since the last listing, or a folder
-    now) costs a listing of what lies below it, mostly none."""
-    found = {obj.key for objects in taken if objects is not None for obj in objects}
-    below: dict[str, Listed] = {}  # cuts may nest: 'a' and 'a/b'
-
-    async def take(cut: str) -> None:
-        for obj in await _take_range(remote, cut + "/", None, None) or ():
-            if obj.key not in found:
-                below[obj.key] = obj
-
-    async with trio.open_nursery() as nursery:
-        for cut in cuts:
-            if cut is not None and cut not in found:
-                nursery.start_soon(take, cut)
-    return [below[key] for key in sorted(below)]
+def _meet(taken: Sequence[_Range | None]) -> bool:
+    """Whether the ranges took every key once: each in order, and each ending where the
+    next begins. The key a range saw past its end must be the first of the next range
+    (in byte order both are the first key after the cut), else the store lists in an
+    order of its own that no range saw break: SeaweedFS lists a folder's keys where the
+    folder's name sorts, so 'a/x' before 'a-1', and the keys after 'a-1' leave out 'a/'
+    and all it holds, which the range before stopped short of."""
+    for here, after in itertools.pairwise(taken):
+        if here is None or after is None:
+            return False
+        if here.after != (after.objects[0].key if after.objects else after.after):
+            return False
+    return all(each is not None for each in taken)
 
 
 def _take_listing(
