@@ -39,8 +39,8 @@ class Download(Landing):
     expected_md5: str | None = None
     md5: str = ""  # the body's, set by the landing thread
 
-_T = TypeVar("_T")
 
+_T = TypeVar("_T")
 SKIPPED = (LocalChanged, UnsafePath, RemoteChanged, IntegrityError, OSError)
 """What leaves one path alone, reported, while the pull goes on."""
 BATCH = 512
