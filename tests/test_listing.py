@@ -7,10 +7,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import uuid
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from support.hostile_s3 import HostileS3
 
 from fusesync.config import Settings, Target
@@ -241,5 +245,40 @@ def test_a_cut_at_a_folder_loses_no_key_below_it(settings: Settings, tmp_path: P
         rows, scan = await list_remote(remote, t, PathMatcher(()),
                                        LastListing(dict.fromkeys(now)))
         assert scan.objects == len(now) and {"e/x", "e/y", "e-1"} <= set(rows or ())
+
+    trio.run(run)
+
+
+_NAMES = st.sampled_from(["a", "a-1", "a.txt", "a b", "ab", "b", "é", "z~"])
+_PATHS = st.lists(_NAMES, min_size=1, max_size=3).map("/".join)
+
+
+@given(paths=st.sets(_PATHS, min_size=1, max_size=40), seen=st.sets(_PATHS, max_size=25),
+       page=st.integers(min_value=2, max_value=6))
+@example(paths={"a/a"}, seen={"a-1"}, page=2)  # SeaweedFS: 'a/a' before 'a-1', none after
+@example(paths={"a/x", "b"}, seen={"a"}, page=2)  # a cut at a folder
+@hsettings(max_examples=40, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_ranges_take_every_key_once_whatever_the_last_listing_saw(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    paths: set[str], seen: set[str], page: int,
+) -> None:
+    """Keys with names that S3 and SeaweedFS order differently ('a/x', 'a-1', 'a.txt'),
+    split at keys the last listing saw, some of them gone or folders now, in ranges of a
+    few keys: the listing holds every key once."""
+    keys = {p for p in paths if not any(q.startswith(p + "/") for q in paths)}  # no file
+    remote = FaultyRemote(S3Remote(settings, max_concurrency=16))  # is also a folder
+    t = Target(name=f"l{uuid.uuid4().hex[:12]}", path=tmp_path, bucket=settings.bucket,
+               user="tester")
+    monkeypatch.setattr(remote_scan, "S3_PAGE", page)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(remote.put_bytes, t.prefix + key, b"x")
+        last = LastListing(dict.fromkeys(t.prefix + p for p in seen))
+        rows, scan = await list_remote(remote, t, PathMatcher(()), last)
+        assert rows is not None and scan.objects == len(keys)
+        assert {p for p, row in rows.items() if row[0] == "file"} == keys
 
     trio.run(run)
