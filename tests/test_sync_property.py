@@ -1,0 +1,109 @@
+"""Random trees through push and pull between two clusters, on the real S3 server.
+
+Names are drawn from a few that S3 and SeaweedFS order differently or that a shell finds
+awkward ('a/x' beside 'a-1' and 'a.txt', spaces, accents, dot files); each example runs on
+a prefix of its own (its own user name), so examples share the server and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from syncenv import Cluster, tree_of
+
+_NAMES = st.sampled_from(["a", "a-1", "a.txt", "b c", "é", "data", "data.tar", ".rc"])
+_PATHS = st.lists(_NAMES, min_size=1, max_size=3).map("/".join)
+_MODES = st.sampled_from([0o644, 0o600, 0o755])
+_TREES = st.dictionaries(_PATHS, st.tuples(st.binary(max_size=48), _MODES),
+                         min_size=1, max_size=24)
+
+
+def _files(tree: dict[str, tuple[bytes, int]]) -> dict[str, tuple[bytes, int]]:
+    """The tree without paths that another one needs as a folder."""
+    return {p: v for p, v in tree.items() if not any(q.startswith(p + "/") for q in tree)}
+
+
+def _folders(tree: dict[str, tuple[bytes, int]]) -> set[str]:
+    return {"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)}
+
+
+def _no_file_becomes_a_folder(first: dict[str, tuple[bytes, int]],
+                              then: dict[str, tuple[bytes, int]]) -> bool:
+    """Whether no path is a file in one tree and a folder in the other: those turns are
+    test_a_file_and_a_folder_trade_places's, which fails today."""
+    return not (set(first) & _folders(then)) and not (set(then) & _folders(first))
+
+
+def _write(home: Path, tree: dict[str, tuple[bytes, int]]) -> None:
+    for entry in home.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for rel, (data, mode) in tree.items():
+        path = home / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.chmod(path, mode)
+
+
+def _pair(root: Path, fusesync_env) -> tuple[Cluster, Cluster]:  # type: ignore[no-untyped-def]
+    user = f"u{uuid.uuid4().hex[:12]}"  # a prefix of its own
+    clusters = []
+    for side in ("one", "two"):
+        cluster = Cluster(root / side, fusesync_env.server, fusesync_env.bucket)
+        cluster.env.update({"USER": user, "LOGNAME": user})
+        clusters.append(cluster)
+    return clusters[0], clusters[1]
+
+
+@given(trees=st.tuples(_TREES.map(_files), _TREES.map(_files)).filter(
+    lambda pair: _no_file_becomes_a_folder(*pair)))
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_trees_travel_and_change(
+    tmp_path_factory: pytest.TempPathFactory, fusesync_env, trees  # type: ignore[no-untyped-def]
+) -> None:
+    """A tree pushed by one cluster is pulled whole by the other; replaced by another tree
+    (files gone, new, changed, modes changed), pushed and pulled again, the second
+    cluster holds exactly the new one."""
+    first, then = trees
+    one, two = _pair(tmp_path_factory.mktemp("trees"), fusesync_env)
+    _write(one.home, first)
+    one.push()
+    two.pull()
+    assert tree_of(two.home) == tree_of(one.home)
+    _write(one.home, then)
+    one.push("--max-delete", "100%")
+    two.pull("--max-delete", "100%")
+    assert tree_of(two.home) == tree_of(one.home)
+
+
+@pytest.mark.parametrize("first, then", [
+    pytest.param("a", "a/a", marks=pytest.mark.xfail(strict=True, reason=(
+        "known bug, found by the test above: a file that becomes a folder leaves its old "
+        "key on the remote (push uploads the folder's files but never deletes the file's "
+        "object), so the other cluster skips both as 'both a file and a directory'"))),
+    pytest.param("a/a", "a", marks=pytest.mark.xfail(strict=True, reason=(
+        "known bug, found by the test above: a folder that becomes a file is refused as a "
+        "conflict on SeaweedFS: the file's create (If-None-Match: *) runs before the delete "
+        "of the folder's last key, and meets the folder, which the store keeps even after "
+        "that delete until 'a/' itself is deleted"))),
+])
+def test_a_file_and_a_folder_trade_places(
+    tmp_path: Path, fusesync_env, first: str, then: str  # type: ignore[no-untyped-def]
+) -> None:
+    one, two = _pair(tmp_path, fusesync_env)
+    _write(one.home, {first: (b"first", 0o644)})
+    one.push()
+    two.pull()
+    _write(one.home, {then: (b"then", 0o644)})
+    one.push("--max-delete", "100%")
+    two.pull("--max-delete", "100%")
+    assert tree_of(two.home) == tree_of(one.home)
