@@ -111,6 +111,11 @@ class Puller:
         dirs = sorted(
             (a for a in actions if a.op == Op.FETCH and a.kind == Kind.DIR), key=lambda a: a.path
         )
+        # Deletes first: a folder the remote turned into a file is emptied before the file
+        # takes its place (children before parents).
+        deletes = sorted((a for a in actions if a.op == Op.DELETE_LOCAL),
+                         key=lambda a: a.path, reverse=True)
+        await self._in_batches(deletes, self._remove, self._removed)
         await self._make_dirs(dirs, final=False)  # parents first: files land in them
         # Large and encrypted files in flight, each holding its slot for all its requests;
         # a small file's one request is bounded by the remote's own limiter alone.
@@ -135,9 +140,6 @@ class Puller:
                 trio.open_nursery() as nursery:
             for _ in range(min(len(transfers), IN_MEMORY)):
                 nursery.start_soon(worker)
-        deletes = sorted((a for a in actions if a.op == Op.DELETE_LOCAL),
-                         key=lambda a: a.path, reverse=True)  # children before parents
-        await self._in_batches(deletes, self._remove, self._removed)
         await self._make_dirs(dirs[::-1], final=True)  # a read-only dir was filled first
 
     async def _guarded(self, action: Action, step, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -161,6 +163,12 @@ class Puller:
     async def _dispatch(self, action: Action, row: Row) -> None:
         if action.op == Op.CONFLICT:
             await self._conflict(action, row)
+        elif row["local_kind"] == Kind.DIR:  # a folder the remote turned into this file
+            emptied = await trio.to_thread.run_sync(self.tree.remove, action.path, None,
+                                                    limiter=self._disk)
+            if not emptied:
+                raise LocalChanged(f"'{action.path}' is a folder here that holds files; kept")
+            await self._fetch(row, expect=None)
         else:
             await self._fetch(row, expect=local_version(row))
 
@@ -325,6 +333,11 @@ class Puller:
 
         def make(action: Action, row: Row) -> os.stat_result:
             mode = (row["remote_mode"] or 0o755) & 0o7777
+            # a file the remote turned into this folder, unchanged here (else the plan
+            # would say conflict): it goes
+            if not final and row["local_kind"] in (Kind.FILE, Kind.SYMLINK) \
+                    and not self.tree.remove(action.path, local_version(row)):
+                raise LocalChanged(f"'{action.path}' changed locally; kept")
             return self.tree.make_dir(action.path, mode if final else mode | 0o700,
                                       remote_owner(row) if final else None)
 

@@ -66,16 +66,20 @@ class Pusher:
         queue = iter(actions)
 
         async def worker() -> None:
-            for action in queue:  # shared: each action is taken by one worker
+            for action in queue:  # shared: each action of a phase is taken by one worker
                 await self._do(action)
 
         try:
             async with trio.open_nursery() as nursery:
                 if any(action.op in _WRITES_MANIFEST for action in actions):
                     nursery.start_soon(self._prefetch_manifest)
-                # a pool of workers, not a task per file parked on a limiter (see pull.py)
-                for _ in range(min(len(actions), concurrency)):
-                    nursery.start_soon(worker)
+                # A pool of workers, not a task per file parked on a limiter (see pull.py),
+                # for each phase in turn (_phases).
+                for phase in _phases(actions):
+                    queue = iter(phase)
+                    async with trio.open_nursery() as workers:
+                        for _ in range(min(len(phase), concurrency)):
+                            workers.start_soon(worker)
         finally:
             self.rows.flush()  # what was confirmed is recorded, even when the run fails
         await self._write_manifest()
@@ -115,14 +119,17 @@ class Pusher:
         path = row["path"]
         kind = row["local_kind"]
         base_etag = row["base_etag"]
-        if create is None:
-            create = row["base_kind"] is None or base_etag is None
+        was_folder = row["base_kind"] == Kind.DIR and kind != Kind.DIR
+        if create is None:  # over a former folder: its marker's etag is not this key's
+            create = row["base_kind"] is None or base_etag is None or was_folder
         attrs = columns.attrs_of_local(row)
         conditions = {"if_none_match": True} if create else {"if_match": base_etag}
         marker = False
         sealing = self.sealing if kind == Kind.FILE and self.sealing is not None \
             and self.sealing.covers(row) else None
         try:
+            if was_folder:  # its marker, or the folder SeaweedFS keeps, stands in the way
+                await self.remote.delete(self.key(path) + "/")
             if sealing is not None:  # encrypted: a path of its own
                 etag = await sealing.upload(self.key(path), self.target.path / path, row, attrs,
                                             conditions, self._bytes)
@@ -140,6 +147,9 @@ class Pusher:
                     attrs=attrs, **conditions,
                 )
             else:
+                if row["base_kind"] in (Kind.FILE, Kind.SYMLINK) and base_etag:
+                    # a file became this folder: its object goes, or both would stand
+                    await self.remote.delete(self.key(path), if_match=base_etag)
                 marker = bool(row["remote_marker"]) or self._is_empty_dir(path)
                 etag = None
                 if marker:
@@ -187,15 +197,17 @@ class Pusher:
     async def _delete(self, row: Row) -> None:
         path = row["path"]
         key = self.key(path) + ("/" if row["base_kind"] == Kind.DIR else "")
-        if row["base_kind"] != Kind.DIR or row["base_etag"]:
-            try:
-                await self.remote.delete(key, if_match=row["base_etag"])
-            except RemoteChanged:
-                if await self.remote.head(key) is not None:
-                    self.report.conflicts.append(
-                        (path, "deleted here but changed on the remote; the remote copy stays")
-                    )
-                    return
+        try:
+            # A folder with no marker has no object; a store that keeps folders as
+            # directories (SeaweedFS) keeps it even so, empty, until 'path/' is deleted
+            # (only ever an empty one: it leaves a folder that holds keys alone).
+            await self.remote.delete(key, if_match=row["base_etag"])
+        except RemoteChanged:
+            if await self.remote.head(key) is not None:
+                self.report.conflicts.append(
+                    (path, "deleted here but changed on the remote; the remote copy stays")
+                )
+                return
         self.rows.put(path, **columns.NO_BASE, **columns.NO_REMOTE)
         self.manifest_changes[path] = None
         if row["base_kind"] != Kind.DIR:
@@ -205,6 +217,20 @@ class Pusher:
         if self.manifest_changes:
             await merge_manifest(self.remote, self.target, self.manifest_changes,
                                  cache=self.manifest_cache)
+
+
+def _phases(actions: Sequence[Action]) -> list[list[Action]]:
+    """The push's actions in the order a store that keeps folders as directories
+    (SeaweedFS) needs when a file and a folder trade places: the files' deletes, then the
+    folders', deepest first (a folder is only deleted once empty), then the rest."""
+    deletes = [a for a in actions if a.op == Op.DELETE_REMOTE]
+    folders: dict[int, list[Action]] = {}
+    for action in deletes:
+        if action.row is not None and action.row["base_kind"] == Kind.DIR:
+            folders.setdefault(action.path.count("/"), []).append(action)
+    files = [a for a in deletes if a.row is None or a.row["base_kind"] != Kind.DIR]
+    rest = [a for a in actions if a.op != Op.DELETE_REMOTE]
+    return [files, *(folders[depth] for depth in sorted(folders, reverse=True)), rest]
 
 
 @dataclass

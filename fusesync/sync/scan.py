@@ -158,9 +158,12 @@ def _scan_tree(
     def mark_absent(relpath: str, local: Local) -> None:
         pending.append((relpath, *_ABSENT))
         if local[_KIND] == Kind.DIR:
-            for below in index.descendants(relpath):
-                if below["local_kind"] is not None:
-                    pending.append((below["path"], *_ABSENT))
+            mark_absent_below(relpath)
+
+    def mark_absent_below(relpath: str) -> None:
+        for below in index.descendants(relpath):
+            if below["local_kind"] is not None:
+                pending.append((below["path"], *_ABSENT))
 
     stack = [""]
     while stack:
@@ -202,6 +205,8 @@ def _scan_tree(
                 continue
             if values[0] == Kind.DIR:
                 stack.append(relpath)
+            elif local is not None and local[_KIND] == Kind.DIR:
+                mark_absent_below(relpath)  # a folder that is a file now: all it held is gone
             if local != values:
                 pending.append((relpath, *values))
         os.close(dir_fd)
