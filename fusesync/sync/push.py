@@ -8,7 +8,7 @@ changes only after its object is confirmed; the manifest is written last.
 from __future__ import annotations
 
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,9 +63,7 @@ class Pusher:
         return self.target.prefix + relpath
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
-        queue = iter(actions)
-
-        async def worker() -> None:
+        async def worker(queue: Iterator[Action]) -> None:
             for action in queue:  # shared: each action of a phase is taken by one worker
                 await self._do(action)
 
@@ -79,7 +77,7 @@ class Pusher:
                     queue = iter(phase)
                     async with trio.open_nursery() as workers:
                         for _ in range(min(len(phase), concurrency)):
-                            workers.start_soon(worker)
+                            workers.start_soon(worker, queue)
         finally:
             self.rows.flush()  # what was confirmed is recorded, even when the run fails
         await self._write_manifest()

@@ -117,7 +117,7 @@ async def scan_remote(
 ) -> RemoteScan:
     """Record the remote's current state of every path in `index` (remote_* columns)."""
     rows, result = await list_remote(remote, target, exclude, last_listing(index, target))
-    result.moved = record_remote(index, rows, result)
+    record_remote(index, rows, result)
     return result
 
 
@@ -293,12 +293,11 @@ def _meet(taken: Sequence[_Range | None]) -> bool:
     order of its own that no range saw break: SeaweedFS lists a folder's keys where the
     folder's name sorts, so 'a/x' before 'a-1', and the keys after 'a-1' leave out 'a/'
     and all it holds, which the range before stopped short of."""
-    for here, after in itertools.pairwise(taken):
-        if here is None or after is None:
-            return False
-        if here.after != (after.objects[0].key if after.objects else after.after):
-            return False
-    return all(each is not None for each in taken)
+    ranges = [each for each in taken if each is not None]
+    return len(ranges) == len(taken) and all(
+        here.after == (after.objects[0].key if after.objects else after.after)
+        for here, after in itertools.pairwise(ranges)
+    )
 
 
 def _take_listing(
@@ -322,12 +321,12 @@ def _take_listing(
 
 def record_remote(
     index: Index, rows: dict[str, tuple[Any, ...]] | None, listing: RemoteScan
-) -> list[str]:
-    """Write what changed since the last listing: new or changed rows, and paths gone;
-    then the manifest version they were built from. None: the rows stand as they are.
-    Returns the paths written."""
+) -> None:
+    """Write what changed since the last listing: new or changed rows, and paths gone
+    (noted in `listing.moved`); then the manifest version they were built from. None: the
+    rows stand as they are."""
     if rows is None:
-        return []
+        return
     names = ", ".join(REMOTE_COLUMNS)
     known = {
         row[0]: tuple(row[1:])
@@ -343,7 +342,7 @@ def record_remote(
         index.upsert_many(REMOTE_COLUMNS, ((path, *cleared) for path in gone))
         if listing.built_from:  # after the rows: writing them forgets it (schema V5)
             index.set_meta(LISTED_MANIFEST, listing.built_from)
-    return [*(row[0] for row in changed), *gone]
+    listing.moved = [*(row[0] for row in changed), *gone]
 
 
 def _entry(manifest: RawEntries, rel: str) -> dict[str, Any] | None:
