@@ -88,3 +88,21 @@ def test_a_file_and_a_folder_trade_places(
     one.push("--max-delete", "100%")
     two.pull("--max-delete", "100%")
     assert tree_of(two.home) == tree_of(one.home)
+
+
+def test_many_files_and_folders_trade_places_in_one_push(  # type: ignore[no-untyped-def]
+    tmp_path: Path, fusesync_env
+) -> None:
+    """What the random test found next, once in CI: a file's old object, deleted while a
+    file below the folder that took its place was written at the same moment, stayed on
+    SeaweedFS beside it; the other cluster then skipped both. Many at once, back and forth,
+    make that race near certain: push must delete every such object before it writes below."""
+    one, two = _pair(tmp_path, fusesync_env)
+    files = {f"f{i}": (b"file", 0o644) for i in range(300)}
+    folders = {f"f{i}/.rc/a.txt": (b"folder", 0o644) for i in range(300)}
+    for tree in (files, folders, files, folders):
+        _write(one.home, tree)
+        one.push("--max-delete", "100%")
+        result = two.pull("--max-delete", "100%")
+        assert "skipped" not in result.output
+        assert tree_of(two.home) == tree_of(one.home)

@@ -219,16 +219,26 @@ class Pusher:
 
 def _phases(actions: Sequence[Action]) -> list[list[Action]]:
     """The push's actions in the order a store that keeps folders as directories
-    (SeaweedFS) needs when a file and a folder trade places: the files' deletes, then the
-    folders', deepest first (a folder is only deleted once empty), then the rest."""
-    deletes = [a for a in actions if a.op == Op.DELETE_REMOTE]
+    (SeaweedFS) needs when a file and a folder trade places: first what takes a file's
+    object away (its delete, or a folder that took its place: a write below a file whose
+    delete runs at the same moment can leave both standing), then the folders' deletes,
+    deepest first (a folder is only deleted once empty), then the rest."""
+    first: list[Action] = []
     folders: dict[int, list[Action]] = {}
-    for action in deletes:
-        if action.row is not None and action.row["base_kind"] == Kind.DIR:
+    rest: list[Action] = []
+    for action in actions:
+        row = action.row
+        base_kind = None if row is None else row["base_kind"]
+        if action.op == Op.DELETE_REMOTE and base_kind == Kind.DIR:
             folders.setdefault(action.path.count("/"), []).append(action)
-    files = [a for a in deletes if a.row is None or a.row["base_kind"] != Kind.DIR]
-    rest = [a for a in actions if a.op != Op.DELETE_REMOTE]
-    return [files, *(folders[depth] for depth in sorted(folders, reverse=True)), rest]
+        elif action.op == Op.DELETE_REMOTE or (
+            action.op == Op.UPLOAD and row is not None and row["local_kind"] == Kind.DIR
+            and base_kind in (Kind.FILE, Kind.SYMLINK)
+        ):
+            first.append(action)
+        else:
+            rest.append(action)
+    return [first, *(folders[depth] for depth in sorted(folders, reverse=True)), rest]
 
 
 @dataclass
