@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # python3, patchelf: the Debian package's interpreter, and its libraries' search paths;
 # tcsh, man-db: the tests of its csh login hook and man pages; systemd: systemd-analyze
 # verifies its units (a test that would otherwise skip).
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config python3 patchelf tcsh man-db systemd
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config patch python3 patchelf tcsh man-db systemd
 DEB_DIR ?= dist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -39,9 +39,14 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml | system-deps
+# pyfuse3 first, built with the patch of packaging/pyfuse3 (the kernel keeps listings),
+# the wheel stays in cache/wheels, where `make deb` finds it too.
+$(VENV)/.installed: pyproject.toml packaging/pyfuse3/build packaging/pyfuse3/readdir-by-inode.patch | system-deps
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	packaging/pyfuse3/build $(BIN)/pip cache/wheels
+	$(BIN)/pip install -q --no-deps --no-index --find-links cache/wheels \
+	    "pyfuse3==$$(packaging/pyfuse3/build --version)"
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
@@ -62,4 +67,4 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	@touch $@
 
 clean:
-	rm -rf $(VENV) cache/demo cache/bench .pytest_cache
+	rm -rf $(VENV) cache/demo cache/bench cache/wheels .pytest_cache

@@ -23,6 +23,8 @@ from support.mounting import (
 )
 from syncenv import Cluster, tree_of
 
+from fusesync.fs.adapter import READDIR_BY_INODE
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -212,6 +214,43 @@ def test_a_pull_through_the_mount_forgets_only_what_moved(one: Cluster, two: Clu
         assert os.stat(changed).st_size == len("longer notes from one\n")
         assert not gone.exists()
         assert changed.read_text() == "longer notes from one\n"
+    assert_clean_log(two)
+
+
+def test_listings_the_kernel_keeps_show_what_a_pull_changed(one: Cluster, two: Cluster) -> None:
+    """The kernel answers a listing it has seen from its own cache: a pull that adds names
+    (a file, a folder new to the kernel with more below it), then one that removes names
+    and turns a file into a folder, must each make it ask again, or the mount would show
+    the old listing."""
+    assert READDIR_BY_INODE, "the installed pyfuse3 lacks the patch of packaging/pyfuse3"
+    populate_remote(one)
+    (one.home / "docs" / "old.txt").write_text("old")
+    (one.home / "turns").write_text("a file first")
+    one.push()
+    with mounted(two.home, two.env):
+        mounted_run(two, "pull")
+        for _ in range(2):  # the second listing comes from the kernel's cache
+            assert sorted(os.listdir(two.home)) == ["big.bin", "docs", "link", "script.sh",
+                                                    "turns"]
+            assert sorted(os.listdir(two.home / "docs")) == ["notes.txt", "old.txt"]
+        (one.home / "docs" / "new.txt").write_text("new")
+        (one.home / "fresh" / "deep").mkdir(parents=True)
+        (one.home / "fresh" / "deep" / "x.txt").write_text("x")
+        one.push()
+        mounted_run(two, "pull")  # only new names
+        assert sorted(os.listdir(two.home)) == ["big.bin", "docs", "fresh", "link",
+                                                "script.sh", "turns"]
+        assert sorted(os.listdir(two.home / "docs")) == ["new.txt", "notes.txt", "old.txt"]
+        assert os.listdir(two.home / "fresh" / "deep") == ["x.txt"]
+        (one.home / "docs" / "old.txt").unlink()
+        (one.home / "turns").unlink()
+        (one.home / "turns").mkdir()
+        (one.home / "turns" / "inside.txt").write_text("a folder now")
+        one.push()
+        mounted_run(two, "pull")
+        assert sorted(os.listdir(two.home / "docs")) == ["new.txt", "notes.txt"]
+        assert (two.home / "turns" / "inside.txt").read_text() == "a folder now"
+        assert tree_of(two.home) == tree_of(one.home)
     assert_clean_log(two)
 
 

@@ -27,6 +27,12 @@ log = logging.getLogger("fusesync.mount")
 # directory: nothing changes it behind the kernel's back but a pull or an eviction, and
 # those invalidate what they changed (mountsync.forget_in_kernel).
 ENTRY_TIMEOUT = 60.0
+# A pyfuse3 that names the folder readdir lists when opendir answered ENOSYS
+# (packaging/pyfuse3, built by `make`): the kernel then sends no opendir or releasedir
+# and keeps each folder's listing, answering a listing again itself until the folder
+# changes through the mount or the daemon invalidates it (daemon.invalidate). With an
+# unpatched pyfuse3, the daemon answers every listing, as it always did.
+READDIR_BY_INODE = bool(getattr(pyfuse3, "READDIR_BY_INODE", False))
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 Ctx = pyfuse3.RequestContext
@@ -226,17 +232,25 @@ class Adapter(pyfuse3.Operations):
 
     @replies
     async def opendir(self, inode: int, ctx: Ctx) -> int:
+        if READDIR_BY_INODE:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # never again: readdir names the folder
         return self.overlay.opendir(inode)
 
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, node, attr, next_id in self.overlay.readdir(fh, start_id):
+        """`fh` is the folder's inode with READDIR_BY_INODE, else opendir's handle."""
+        dh = self.overlay.listing(fh, start_id) if READDIR_BY_INODE else fh
+        replied = False
+        for name, node, attr, next_id in self.overlay.readdir(dh, start_id):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry(attr), next_id):
                 if node is not None:
                     self.overlay.discard(node)
                 break
+            replied = True
             if node is not None:
                 self.overlay.remember(node)
+        if READDIR_BY_INODE and not replied:  # the empty reply that ends a listing
+            self.overlay.listed(fh)
 
     @replies
     async def releasedir(self, fh: int) -> None:

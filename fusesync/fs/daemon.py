@@ -259,7 +259,9 @@ async def _carry_moves(service: mountsync.MountService) -> None:
 
 async def invalidate(entries: list[tuple[int, str, int | None]]) -> None:
     """Make the kernel forget names and cached data the daemon changed behind it:
-    (parent inode, name, inode or None). Runs in a worker thread: these calls block."""
+    (parent inode, name, inode or None), and the listing of each parent it keeps
+    (adapter.READDIR_BY_INODE): a name new to it would not show otherwise. Runs in a worker
+    thread: these calls block."""
 
     def run() -> None:
         for parent, name, inode in entries:
@@ -268,6 +270,9 @@ async def invalidate(entries: list[tuple[int, str, int | None]]) -> None:
                     pyfuse3.invalidate_inode(inode)
             with contextlib.suppress(OSError):
                 pyfuse3.invalidate_entry(parent, os.fsencode(name))
+        for parent in {parent for parent, _, _ in entries}:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(parent)  # attributes and the listing it keeps
 
     await trio.to_thread.run_sync(run)
 

@@ -253,11 +253,16 @@ class MountService:
         its back by a pull or an eviction)."""
         entries: list[tuple[int, str, int | None]] = []
         for path in paths:
-            parent_path, _, name = path.rpartition("/")
-            parent = self.overlay.inodes.find(parent_path)
-            if parent is None:
-                continue
-            node = parent.children.get(name)
+            # The deepest folder on the way the kernel may know, and the next name in it:
+            # the path's own parent and name, or the first folder new to the kernel (its
+            # parent's listing lacks it).
+            parent = self.overlay.inodes.root
+            parts = path.split("/")
+            for depth, name in enumerate(parts):
+                node = parent.children.get(name)
+                if node is None or depth == len(parts) - 1:
+                    break
+                parent = node
             entries.append((parent.inode, name, node.inode if node is not None else None))
         if entries:
             await self.invalidate(entries)

@@ -31,6 +31,7 @@ from fusesync.sync.scan import md5_text
 
 REMOTE_ATTRS_KEPT = 200_000  # remote-only entries' attributes kept between listings
 LOCAL_ATTRS_KEPT = 200_000  # local entries' attributes kept between listings
+LISTINGS_KEPT = 256  # listings asked by inode being read at once (View.listing)
 # Seconds a listing may reuse a local entry's attributes. Every change through the mount
 # forgets them at once (View.changing); this bounds only changes made beside the mount,
 # which the design does not expect (the kernel itself trusts attributes for 60 s).
@@ -82,6 +83,7 @@ class View:
         # (_kept_local): inode -> Attr of an entry, inode -> a directory's local names
         self._local_attrs: dict[int, Attr] = {}
         self._local_names: dict[int, list[str]] = {}
+        self._listings: dict[int, int] = {}  # directory inode -> its listing's handle
         self._local_at: tuple[int, tuple[int, int, int], int] | None = None
         self._changes = 0  # requests that may change attributes, begun or ended
         self._changing = 0  # such requests in flight
@@ -261,6 +263,28 @@ class View:
             return self.handles.add_dir(DirHandle(node, []))
         local, remote = self._names(node, listing=True)
         return self.handles.add_dir(DirHandle(node, [".", "..", *local, *remote], remote))
+
+    def listing(self, ino: int, start: int) -> int:
+        """The handle a listing asked by inode reads (no opendir: pyfuse3's
+        READDIR_BY_INODE). Offset 0 takes a new snapshot, the offsets after it read the
+        same one, so they stay stable while the kernel reads the folder to its end
+        (listed()); a snapshot dropped meanwhile (over LISTINGS_KEPT) is taken again."""
+        dh = self._listings.pop(ino, None)
+        if dh is not None and start == 0:
+            self.handles.drop_dir(dh)
+            dh = None
+        if dh is None:
+            dh = self.opendir(ino)
+        self._listings[ino] = dh  # the most recent last
+        if len(self._listings) > LISTINGS_KEPT:
+            self.handles.drop_dir(self._listings.pop(next(iter(self._listings))))
+        return dh
+
+    def listed(self, ino: int) -> None:
+        """The kernel read the listing of `ino` to its end."""
+        dh = self._listings.pop(ino, None)
+        if dh is not None:
+            self.handles.drop_dir(dh)
 
     def readdir(self, dh: int, start: int) -> Iterator[tuple[str, Node | None, Attr, int]]:
         """Entries from offset `start`: (name, node, attributes, next offset). The caller
