@@ -464,3 +464,45 @@ async def test_listings_reuse_local_attributes_only_until_a_change(
     with overlay.changing():
         (root / "through").write_text("")
     assert {"beside", "through"} <= set(listing(overlay))
+
+
+def _listed_from(overlay: Overlay, ino: int, start: int, count: int) -> list[tuple[str, int]]:
+    """Up to `count` entries of a listing asked by inode, from offset `start`, as the
+    kernel asks them with no opendir (pyfuse3's READDIR_BY_INODE): (name, offset)."""
+    got = []
+    for name, node, _attr, offset in overlay.readdir(overlay.listing(ino, start), start):
+        if node is not None:
+            overlay.discard(node)
+        got.append((name, offset))
+        if len(got) == count:
+            break
+    return got
+
+
+async def test_a_listing_by_inode_lists_each_name_that_stays_once(overlay: Overlay) -> None:
+    """With no opendir, the kernel resumes a reader's listing at an offset it was given
+    before, from whatever snapshot the daemon then holds: another reader's, taken after
+    names came and went, or a new one. Offsets by name keep every name that stayed listed
+    exactly once; by position, a name gone before the resume point shifted the rest (one
+    skipped) and a name come before it repeated one."""
+    many = overlay.lookup(ROOT_INODE, "docs").ino
+    for i in range(40):
+        fh, _ = overlay.create(many, f"f{i:02d}", 0o644, os.O_WRONLY, ME)
+        overlay.release(fh)
+    first = _listed_from(overlay, many, 0, 15)
+    listed_before = {name for name, _ in first}
+    gone = sorted(listed_before - {".", ".."})[:3]  # among those the reader has seen
+    for name in gone:
+        await overlay.unlink(many, name)
+    for i in range(5):
+        fh, _ = overlay.create(many, f"new{i}", 0o644, os.O_WRONLY, ME)
+        overlay.release(fh)
+    _listed_from(overlay, many, 0, 1000)  # another reader: a new snapshot, read to its end
+    overlay.listed(many)
+    rest = _listed_from(overlay, many, first[-1][1], 1000)
+    names_seen = [name for name, _ in first + rest]
+    stayed = {".", "..", "readme", *(f"f{i:02d}" for i in range(40))} - set(gone)
+    assert len(names_seen) == len(set(names_seen)), "a name listed twice"
+    assert stayed <= set(names_seen), f"skipped: {sorted(stayed - set(names_seen))}"
+    offsets = [offset for _, offset in first + rest]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)

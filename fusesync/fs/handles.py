@@ -29,6 +29,9 @@ class DirHandle:
     node: Node
     names: list[str] = field(default_factory=list)  # fixed at opendir: stable offsets
     remote: dict[str, Row] = field(default_factory=dict)  # the remote-only ones' rows
+    # Each name's offset, ascending, for a listing asked by inode (View.listing); None:
+    # a name's offset is its position in `names`.
+    offsets: list[int] | None = None
 
 
 class Handles:

@@ -8,6 +8,7 @@ FusesyncError, both with an errno. No pyfuse3 here; changes are namespace.py's.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import os
@@ -32,6 +33,17 @@ from fusesync.sync.scan import md5_text
 REMOTE_ATTRS_KEPT = 200_000  # remote-only entries' attributes kept between listings
 LOCAL_ATTRS_KEPT = 200_000  # local entries' attributes kept between listings
 LISTINGS_KEPT = 256  # listings asked by inode being read at once (View.listing)
+_DOTS = {".": 1, "..": 2}
+_HASHED = (1 << 62) - 1
+
+
+def name_offset(name: str) -> int:
+    """The offset of `name` in a listing asked by inode: one no other name's coming or
+    going moves (ext4's listings work alike, by a hash of the name), in 3 .. 2**62 + 2
+    (an off_t; '.' and '..' take 1 and 2). The hash is this process's: offsets live as
+    long as the mount. Two names of one hash (odds of 2**-62 a pair) are both listed,
+    unless a reply ends between them."""
+    return _DOTS.get(name) or 3 + (hash(name) & _HASHED)
 # Seconds a listing may reuse a local entry's attributes. Every change through the mount
 # forgets them at once (View.changing); this bounds only changes made beside the mount,
 # which the design does not expect (the kernel itself trusts attributes for 60 s).
@@ -266,15 +278,22 @@ class View:
 
     def listing(self, ino: int, start: int) -> int:
         """The handle a listing asked by inode reads (no opendir: pyfuse3's
-        READDIR_BY_INODE). Offset 0 takes a new snapshot, the offsets after it read the
-        same one, so they stay stable while the kernel reads the folder to its end
-        (listed()); a snapshot dropped meanwhile (over LISTINGS_KEPT) is taken again."""
+        READDIR_BY_INODE). Offset 0 takes a new snapshot; the offsets after it read the
+        one there is, or a new one (dropped over LISTINGS_KEPT, or after listed()): with
+        offsets by name (name_offset), a name that stays is listed once by any reader,
+        whichever snapshot each call reads."""
         dh = self._listings.pop(ino, None)
         if dh is not None and start == 0:
             self.handles.drop_dir(dh)
             dh = None
         if dh is None:
             dh = self.opendir(ino)
+            # By name, not position: the kernel may resume any reader's listing from the
+            # one it keeps, or from a later snapshot, at an offset a snapshot gave before
+            handle = self.handles.dir(dh)
+            keyed = sorted((name_offset(name), name) for name in handle.names)
+            handle.names = [name for _, name in keyed]
+            handle.offsets = [offset for offset, _ in keyed]
         self._listings[ino] = dh  # the most recent last
         if len(self._listings) > LISTINGS_KEPT:
             self.handles.drop_dir(self._listings.pop(next(iter(self._listings))))
@@ -300,11 +319,14 @@ class View:
         dir_fd = self.dirs.get(parent) if listed_locally and not parent.detached else None
         fetching = self._fetching()
         kept = self._kept_local_attrs() if dir_fd is not None else None
-        for offset in range(start, len(handle.names)):
-            name = handle.names[offset]
+        offsets = handle.offsets
+        first = start if offsets is None else bisect.bisect_right(offsets, start)
+        for position in range(first, len(handle.names)):
+            name = handle.names[position]
+            offset = position + 1 if offsets is None else offsets[position]
             if name == "." or name == "..":
                 dot = parent if name == "." else parent.parent or self.inodes.root
-                yield name, None, _dot_attr(dot.inode), offset + 1
+                yield name, None, _dot_attr(dot.inode), offset
                 continue
             node = self.inodes.child(parent, name)
             row = handle.remote.get(name)
@@ -319,7 +341,7 @@ class View:
             except FileNotFoundError:
                 self.discard(node)  # gone since opendir: skipped, offsets stay stable
                 continue
-            yield name, node, attr, offset + 1
+            yield name, node, attr, offset
 
     def _remote_attr(self, node: Node, row: Row) -> Attr:
         """Attr.from_remote, made again only when the listing gives another row (the
