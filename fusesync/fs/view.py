@@ -42,7 +42,9 @@ def name_offset(name: str) -> int:
     going moves (ext4's listings work alike, by a hash of the name), in 3 .. 2**62 + 2
     (an off_t; '.' and '..' take 1 and 2). The hash is this process's: offsets live as
     long as the mount. Two names of one hash (odds of 2**-62 a pair) are both listed,
-    unless a reply ends between them."""
+    unless a reply ends between them. A 32-bit program listing with the old getdents
+    (not getdents64) cannot hold such offsets: ext4 gives those 32-bit hashes, FUSE
+    cannot tell who asks."""
     return _DOTS.get(name) or 3 + (hash(name) & _HASHED)
 # Seconds a listing may reuse a local entry's attributes. Every change through the mount
 # forgets them at once (View.changing); this bounds only changes made beside the mount,
