@@ -10,7 +10,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -19,6 +19,9 @@ from fusesync.config import ADDRESSING_STYLES, Config, Target
 from fusesync.crypt.cli import passphrase_option, rekey, terminal_source
 from fusesync.errors import Declined, FusesyncError, first_leaf
 from fusesync.index.lock import TargetLock
+
+if TYPE_CHECKING:
+    from fusesync.sync.head_start import Opened
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
 
@@ -260,6 +263,14 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
     target = config.target(name)
     _forward_if_mounted(ctx, target, verb, {"dry_run": dry_run, "max_delete": max_delete})
 
+    from fusesync.sync.head_start import opened
+
+    with opened(config.settings, target, verb) as early:  # a pull's listing leaves now
+        _sync(ctx, config, target, verb, dry_run, max_delete, passphrase_file, early)
+
+
+def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run: bool,
+          max_delete: float, passphrase_file: Path | None, early: Opened) -> None:
     # here, not at the top, and only once no mount runs it: list, add, remove and a
     # forwarded push or pull start faster without them
     import trio
@@ -280,7 +291,8 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
     passphrase = terminal_source(passphrase_file, before=permissions)
 
     async def go() -> Report:
-        async with open_engine(config, target, verb, _progress(verb), passphrase) as engine:
+        async with open_engine(config, target, verb, _progress(verb), passphrase,
+                               early) as engine:
             run = engine.push if verb == "push" else engine.pull
             return await run(dry_run=dry_run, max_delete=max_delete)
 

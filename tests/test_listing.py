@@ -23,15 +23,8 @@ from fusesync.remote.faulty import FaultyRemote
 from fusesync.remote.s3 import S3Remote
 from fusesync.sync import manifest, remote_scan
 from fusesync.sync.matcher import PathMatcher
-from fusesync.sync.remote_scan import (
-    LISTED_MANIFEST,
-    S3_PAGE,
-    LastListing,
-    _ranges,
-    last_listing,
-    list_remote,
-    scan_remote,
-)
+from fusesync.sync.ranges import LISTED_MANIFEST, S3_PAGE, LastListing, key_ranges, last_listing
+from fusesync.sync.remote_scan import list_remote, scan_remote
 
 PREFIX = "sync/tester/listing/"
 
@@ -42,11 +35,11 @@ def target(tmp_path: Path, bucket: str) -> Target:
 
 def test_ranges_meet_end_to_end() -> None:
     keys = [f"{PREFIX}k{i:05d}" for i in range(0, 5000, 2)]
-    ranges = _ranges(random.sample(keys, len(keys)), S3_PAGE)
+    ranges = key_ranges(random.sample(keys, len(keys)), S3_PAGE)
     assert len(ranges) == 3 and ranges[0][0] is None and ranges[-1][1] is None
     for (_, end), (start, _) in itertools.pairwise(ranges):
         assert end is not None and start == end.decode()  # each range starts where one ends
-    assert _ranges([], S3_PAGE) == [(None, None)]
+    assert key_ranges([], S3_PAGE) == [(None, None)]
 
 
 @pytest.fixture
@@ -241,7 +234,7 @@ def test_a_cut_at_a_folder_loses_no_key_below_it(settings: Settings, tmp_path: P
         # a cut at it saw no key out of order, and missed it and the folder's keys
         await remote.put_bytes(f"{PREFIX}e-1", b"x")
         now = sorted([*keys, f"{PREFIX}e-1"])
-        assert _ranges(now, S3_PAGE)[1][0] == f"{PREFIX}e-1"  # the cut
+        assert key_ranges(now, S3_PAGE)[1][0] == f"{PREFIX}e-1"  # the cut
         rows, scan = await list_remote(remote, t, PathMatcher(()),
                                        LastListing(dict.fromkeys(now)))
         assert scan.objects == len(now) and {"e/x", "e/y", "e-1"} <= set(rows or ())

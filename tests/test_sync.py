@@ -8,8 +8,10 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pexpect
+import pytest
 from syncenv import Cluster, keys, tree_of
 
 SKIP = (".cache",)
@@ -418,3 +420,46 @@ def test_default_target_never_pushes_fusesync_own_state(tmp_path: Path, fusesync
     found = keys(s3, cluster.bucket)
     assert "sync/tester/default/work.txt" in found
     assert not [k for k in found if "fusesync" in k.split("/", 3)[-1]], found
+
+
+def test_a_pull_sends_its_listing_early_and_asks_nothing_twice(
+    one: Cluster, two: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull sends the first requests of its listing before the rest of the run is
+    imported (sync/head_start.py), and the run takes their answers: each request leaves
+    once, and what the other cluster changed meanwhile is pulled."""
+    from awscrt import s3 as crt_s3
+
+    from fusesync.remote.crt import CrtClient
+
+    sent: list[tuple[str, str, str | None]] = []
+    early: list[str] = []
+    make_request, send_early = crt_s3.S3Client.make_request, CrtClient.send_early
+
+    def counted(self: crt_s3.S3Client, **kwargs: Any) -> crt_s3.S3Request:
+        request = kwargs["request"]
+        sent.append((request.method, request.path, request.headers.get("If-None-Match")))
+        return make_request(self, **kwargs)
+
+    def counted_early(self: CrtClient, *args: Any, **kwargs: Any) -> None:
+        early.append(args[3])  # the operation
+        send_early(self, *args, **kwargs)
+
+    monkeypatch.setattr(crt_s3.S3Client, "make_request", counted)
+    monkeypatch.setattr(CrtClient, "send_early", counted_early)
+    for i in range(3):
+        (one.home / f"f{i}.txt").write_text(f"file {i}")
+    one.push()
+    manifest = f"/{one.bucket}/sync/tester/default.manifest"
+    for change in (None, "f1.txt", None):  # a first pull, one with news, one without
+        if change:
+            (one.home / change).write_text("changed on one")
+            one.push()
+        sent.clear()
+        early.clear()
+        two.pull()
+        assert early and "GetObject" in early  # the listing left early...
+        assert len(sent) == len(set(sent)), f"asked twice: {sent}"  # ...and was taken
+        assert len([path for _, path, _ in sent if "list-type=2" in path]) == 1
+        assert len([path for _, path, _ in sent if path == manifest]) == 1
+    assert tree_of(two.home) == tree_of(one.home)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import trio
 from awscrt import auth as crt_auth
 from awscrt import http as crt_http
 from awscrt import io as crt_io
@@ -91,6 +90,9 @@ class CrtClient:
     ) -> None:
         endpoint = urllib.parse.urlsplit(endpoint_url)
         self._host = endpoint.netloc
+        # sent by send_early, not yet taken: each one's answer and the CRT's request (which
+        # holds the answer's callbacks: the answer must not hold it, or neither is freed)
+        self._early: dict[tuple[Any, ...], tuple[_Answer, Any]] = {}
         self._path_style = path_style
         tls = endpoint.scheme == "https"
         tls_options = None
@@ -138,68 +140,61 @@ class CrtClient:
         the endpoint cannot be reached (after the CRT's own retries), FileNotFoundError or
         SourceChanged when `send_path` is missing or not `Content-Length` bytes long.
         `sent(n)` hears, in the trio thread, of each `n` bytes of the body that went out
-        (counted again if the CRT sends the body again after a failure)."""
+        (counted again if the CRT sends the body again after a failure). A request sent
+        early (`send_early`) with the same arguments is not sent again: its answer is
+        taken."""
+        import trio  # here: `send_early` runs before trio is imported
+
         host, target = self._target(bucket, key, query)
-        fields: list[tuple[str, str]] = [("Host", host), *(headers or {}).items()]
-        if body is not None:
-            fields.append(("Content-Length", str(len(body))))
-        request = crt_http.HttpRequest(
-            method,
-            target,
-            crt_http.HttpHeaders(fields),
-            io.BytesIO(body) if body is not None else None,
-        )
-        answer: dict[str, Any] = {}
-        chunks: list[bytes] = []
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
-        moved = [time.monotonic()]  # when a byte last went either way
 
-        def on_headers(status_code: int, headers: Sequence[tuple[str, str]], **_: Any) -> None:
-            _keep_thread_state()
-            answer["status"] = status_code
-            answer["headers"] = headers
-
-        def on_body(chunk: bytes, **_: Any) -> None:
-            _keep_thread_state()
-            chunks.append(bytes(chunk))
-            moved[0] = time.monotonic()
-
-        def on_progress(progress: int) -> None:
-            moved[0] = time.monotonic()
-            if sent is not None:
-                _keep_thread_state()
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(sent, progress)
-
-        def on_done(**_: Any) -> None:
-            _keep_thread_state()
+        def notify() -> None:
             with contextlib.suppress(trio.RunFinishedError):  # the run was torn down
                 token.run_sync_soon(done.set)
 
-        try:
-            pending = self._client.make_request(
-                type=crt_s3.S3RequestType.DEFAULT,
-                operation_name=operation,
-                request=request,
-                send_filepath=send_path,
-                on_headers=on_headers,
-                on_body=on_body,
-                on_done=on_done,
-                # bytes sent: only an upload needs telling, a download has on_body
-                on_progress=on_progress if body or send_path else None,
-            )
-        except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
-            if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
-                raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
-            raise
-        length = next((int(v) for k, v in fields if k.lower() == "content-length"), 0)
+        early = None
+        if body is None and send_path is None:
+            early = self._early.pop(_signature(method, bucket, key, query, headers), None)
+        length = 0
+        if early is not None:
+            answer, pending = early
+            answer.notify = notify
+            if answer.finished.is_set():  # (else its on_done calls notify)
+                done.set()
+        else:
+            answer = _Answer(notify)
+            request, length = _request(method, host, target, headers, body)
+
+            def on_progress(progress: int) -> None:
+                answer.moved = time.monotonic()
+                if sent is not None:
+                    _keep_thread_state()
+                    with contextlib.suppress(trio.RunFinishedError):
+                        token.run_sync_soon(sent, progress)
+
+            try:
+                pending = self._client.make_request(
+                    type=crt_s3.S3RequestType.DEFAULT,
+                    operation_name=operation,
+                    request=request,
+                    send_filepath=send_path,
+                    on_headers=answer.on_headers,
+                    on_body=answer.on_body,
+                    on_done=answer.on_done,
+                    # bytes sent: only an upload needs telling, a download has on_body
+                    on_progress=on_progress if body or send_path else None,
+                )
+            except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
+                if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
+                    raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
+                raise
         allowed = self.idle_timeout + length / self.slowest_upload
         try:
             while not done.is_set():
                 with trio.move_on_after(allowed):
                     await done.wait()
-                if not done.is_set() and time.monotonic() - moved[0] >= allowed:
+                if not done.is_set() and time.monotonic() - answer.moved >= allowed:
                     raise ReadTimeoutError(
                         endpoint_url=f"{host}{target}",
                         error=f"nothing moved for {allowed:.0f} s",
@@ -222,11 +217,85 @@ class CrtClient:
             raise EndpointConnectionError(
                 endpoint_url=f"{host}{target}", error=f"{exc.name}: {exc.message}"
             ) from exc
-        return Reply(
-            answer.get("status", 0),
-            _lower(answer.get("headers")),
-            b"".join(chunks),
+        return Reply(answer.status, _lower(answer.headers), b"".join(answer.chunks))
+
+    def send_early(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        operation: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: str = "",
+    ) -> None:
+        """Send a request with no body now, from outside any trio run: a pull sends the
+        first pages of its listing so while Python imports the rest of the run. `send`
+        with the same arguments takes its answer later; one never asked for is dropped
+        with the client."""
+        host, target = self._target(bucket, key, query)
+        request, _ = _request(method, host, target, headers, None)
+        answer = _Answer(None)
+        pending = self._client.make_request(
+            type=crt_s3.S3RequestType.DEFAULT,
+            operation_name=operation,
+            request=request,
+            on_headers=answer.on_headers,
+            on_body=answer.on_body,
+            on_done=answer.on_done,
         )
+        self._early[_signature(method, bucket, key, query, headers)] = answer, pending
+
+
+class _Answer:
+    """What the CRT's threads tell of one request: its status, headers and body, when a
+    byte last went either way, and that it is over (`notify` is then called, from the
+    CRT's thread)."""
+
+    def __init__(self, notify: Callable[[], None] | None) -> None:
+        self.notify = notify
+        self.status = 0
+        self.headers: Sequence[tuple[str, str]] = ()
+        self.chunks: list[bytes] = []
+        self.moved = time.monotonic()
+        self.finished = threading.Event()
+
+    def on_headers(self, status_code: int, headers: Sequence[tuple[str, str]], **_: Any) -> None:
+        _keep_thread_state()
+        self.status = status_code
+        self.headers = headers
+
+    def on_body(self, chunk: bytes, **_: Any) -> None:
+        _keep_thread_state()
+        self.chunks.append(bytes(chunk))
+        self.moved = time.monotonic()
+
+    def on_done(self, **_: Any) -> None:
+        _keep_thread_state()
+        self.finished.set()
+        notify = self.notify
+        if notify is not None:
+            notify()
+
+
+def _request(method: str, host: str, target: str, headers: Mapping[str, str] | None,
+             body: bytes | None) -> tuple[crt_http.HttpRequest, int]:
+    """The CRT's request, and its body's length."""
+    fields: list[tuple[str, str]] = [("Host", host), *(headers or {}).items()]
+    if body is not None:
+        fields.append(("Content-Length", str(len(body))))
+    length = next((int(v) for k, v in fields if k.lower() == "content-length"), 0)
+    request = crt_http.HttpRequest(
+        method, target, crt_http.HttpHeaders(fields),
+        io.BytesIO(body) if body is not None else None,
+    )
+    return request, length
+
+
+def _signature(method: str, bucket: str, key: str, query: str,
+               headers: Mapping[str, str] | None) -> tuple[Any, ...]:
+    """What makes two requests with no body the same request."""
+    return method, bucket, key, query, tuple(sorted((headers or {}).items()))
 
 
 def _lower(headers: Sequence[tuple[str, str]] | None) -> dict[str, str]:

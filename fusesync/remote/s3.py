@@ -44,15 +44,28 @@ from fusesync.errors import (
 )
 from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
 from fusesync.remote.crt import CrtClient, Reply
-from fusesync.remote.shapes import ListPage, headers_of, list_page, list_query, object_shape
-from fusesync.remote.signed import FastClient, fast_path_allowed, uses_path_style
+from fusesync.remote.shapes import (
+    LIST_PAGE,
+    ListPage,
+    conditions,
+    headers_of,
+    list_page,
+    list_query,
+    object_shape,
+    quote_etag,
+)
+from fusesync.remote.signed import (
+    FastClient,
+    env_credentials,
+    fast_path_allowed,
+    uses_path_style,
+)
 from fusesync.remote.transfer import (
     Link,
     abort_upload,
     b64,
     download,
     multipart_upload,
-    quote_etag,
     task_group,
     unquote_etag,
 )
@@ -144,9 +157,12 @@ class S3Remote:
     size in part buffers: at most half of them."""
     part_size = 8 * MiB  # per uploaded part and per ranged GET (S3: at least 5 MiB)
     transfer_concurrency = 4  # parts or ranges of one file in flight at once
-    list_page_size = 1000
+    list_page_size = LIST_PAGE
 
-    def __init__(self, settings: Settings, *, max_concurrency: int = 16) -> None:
+    def __init__(self, settings: Settings, *, max_concurrency: int = 16,
+                 crt: CrtClient | None = None) -> None:
+        """`crt`: the light path's client, built already for these settings and this
+        environment (sync/head_start.py); else it is built here when the path is open."""
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint_url or "S3"
         self._settings = settings
@@ -171,7 +187,8 @@ class S3Remote:
             self._client = FastClient(
                 self._boto3_client, url, credentials, self.region, path_style, max_concurrency
             )
-            self._crt = CrtClient(url, credentials, self.region, path_style, max_concurrency)
+            self._crt = crt or CrtClient(url, credentials, self.region, path_style,
+                                         max_concurrency)
         else:
             self._client = self._boto3_client()
         self._limiter = trio.CapacityLimiter(max_concurrency)
@@ -219,15 +236,9 @@ class S3Remote:
         """The light path's credentials: the environment's keys when no profile is named
         (boto3 would take them first too), else whatever boto3's chain finds, refreshed as
         boto3 refreshes them. None when there are none (boto3's client will say so)."""
-        env = os.environ
-        if not self._settings.profile and env.get("AWS_ACCESS_KEY_ID") and env.get(
-            "AWS_SECRET_ACCESS_KEY"
-        ):
-            return crt_auth.AwsCredentialsProvider.new_static(
-                env["AWS_ACCESS_KEY_ID"],
-                env["AWS_SECRET_ACCESS_KEY"],
-                env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None,
-            )
+        from_env = env_credentials(self._settings.profile)
+        if from_env is not None:
+            return from_env
         try:
             found = self._boto3_session().get_credentials()
         except BotoCoreError as exc:
@@ -386,9 +397,8 @@ class S3Remote:
             args["IfNoneMatch"] = quote_etag(if_none_match)
         if self._crt is not None:
             try:
-                reply = await self._send(
-                    self._crt, "GET", key, "GetObject", headers=headers_of(args)
-                )
+                reply = await self._send(self._crt, "GET", key, "GetObject",
+                                         headers=conditions(if_match, if_none_match))
             except RemoteNotFound:
                 return None
             return reply.body, unquote_etag(reply.headers.get("etag"))

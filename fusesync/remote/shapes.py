@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 META = "x-amz-meta-"
 
 
+LIST_PAGE = 1000  # keys per page of a listing: S3's most
+
+
 def list_query(prefix: str, max_keys: int, token: str | None = None,
                start_after: str | None = None) -> str:
     """The query of one ListObjectsV2 page; keys come url-encoded, so any byte survives
@@ -32,6 +35,20 @@ def list_query(prefix: str, max_keys: int, token: str | None = None,
     if start_after is not None:
         query["start-after"] = start_after
     return urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote)
+
+
+def quote_etag(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def conditions(if_match: str | None = None, if_none_match: str | None = None
+               ) -> dict[str, str]:
+    """The headers of a GET (or HEAD) asked only if the object is, or is no longer, the
+    version with this etag."""
+    headers = {"If-Match": quote_etag(if_match)} if if_match else {}
+    if if_none_match:
+        headers["If-None-Match"] = quote_etag(if_none_match)
+    return headers
 
 
 def headers_of(kw: Mapping[str, Any]) -> dict[str, str]:

@@ -55,6 +55,19 @@ def fast_path_allowed(endpoint_url: str) -> bool:
     )
 
 
+def env_credentials(profile: str | None) -> crt_auth.AwsCredentialsProvider | None:
+    """The environment's keys, when no profile is named (boto3 would take them first
+    too); None otherwise, for boto3's chain to find."""
+    env = os.environ
+    if profile or not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
+        return None
+    return crt_auth.AwsCredentialsProvider.new_static(
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+        env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None,
+    )
+
+
 def uses_path_style(endpoint_url: str, addressing_style: str | None, bucket: str) -> bool:
     """As botocore decides: asked for, or forced by an IP address, localhost or a bucket
     name that cannot be a host name."""

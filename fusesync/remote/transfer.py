@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
 from fusesync.errors import FusesyncError, IntegrityError, RemoteNotFound, SourceChanged
 from fusesync.remote.base import Head, Progress, WritableFile
+from fusesync.remote.shapes import quote_etag
 
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 CHUNK = 1 << 20  # bytes per read of a streamed body
@@ -329,10 +330,6 @@ def _copy(body: Any, sink: _Sink, offset: int, length: int, report: Progress | N
 
 
 # -- the wire's small encodings ------------------------------------------------------------
-
-
-def quote_etag(etag: str) -> str:
-    return etag if etag.startswith('"') else f'"{etag}"'
 
 
 def unquote_etag(etag: object) -> str:

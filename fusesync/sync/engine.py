@@ -43,7 +43,8 @@ from fusesync.sync.plan import (
 )
 from fusesync.sync.pull import Puller
 from fusesync.sync.push import Pusher
-from fusesync.sync.remote_scan import RemoteScan, last_listing, list_remote, record_remote
+from fusesync.sync.ranges import last_listing
+from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote
 from fusesync.sync.report import NoProgress, Progress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, ScanResult, scan_paths, scan_tree
 from fusesync.sync.sealed import Sealing

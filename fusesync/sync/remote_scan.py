@@ -23,6 +23,14 @@ from fusesync.sync import manifest as manifest_codec
 from fusesync.sync.manifest import ManifestEntry, RawEntries
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Kind, md5_etag, unsafe_reason
+from fusesync.sync.ranges import (
+    LISTED_MANIFEST,
+    NO_LISTING,
+    S3_PAGE,
+    LastListing,
+    key_ranges,
+    last_listing,
+)
 
 REMOTE_COLUMNS = (
     "remote_kind",
@@ -40,13 +48,6 @@ REMOTE_COLUMNS = (
     "remote_enc",
 )
 _HEAD_CONCURRENCY = 16
-S3_PAGE = 1000  # keys per page of a listing: S3's most, and what S3Remote asks for
-
-
-LISTED_MANIFEST = "listed_manifest"
-"""Meta key: the version of the manifest that the remote_* columns were built from, every
-row from its entries (none from a HEAD). Writing any remote_* column elsewhere deletes it
-(schema V5), so it never outlives the rows it speaks for."""
 
 
 @dataclass
@@ -63,18 +64,6 @@ class RemoteScan:
     @property
     def empty(self) -> bool:
         return self.objects == 0
-
-
-@dataclass(frozen=True)
-class LastListing:
-    """What the index holds of the remote: the etag of each key the last listing saw, and
-    the manifest version its rows were built from (None: unknown)."""
-
-    etags: dict[str, str | None]
-    manifest_etag: str | None = None
-
-
-NO_LISTING = LastListing({})
 
 
 async def fetch_manifest(
@@ -152,7 +141,7 @@ async def list_remote(
         await take_manifest()
         known = [prefix + path for path in result.manifest  # a folder is no key (_meet)
                  if (entry := _entry(result.manifest, path)) is None or entry["kind"] != Kind.DIR]
-    ranges = _ranges(known, S3_PAGE)
+    ranges = key_ranges(known, S3_PAGE)
     taken: list[_Range | None] = [None] * len(ranges)
 
     async def take(i: int) -> None:
@@ -226,32 +215,6 @@ async def list_remote(
     if not foreign:  # else HEADs, not the manifest, said what some rows hold
         result.built_from = result.manifest_etag
     return rows, result
-
-
-def last_listing(index: Index, target: Target) -> LastListing:
-    """The keys the last listing saw under the target's prefix, and the manifest version
-    the rows were built from, while no other writer has touched them."""
-    etags = {
-        target.prefix + path + ("/" if marker else ""): etag
-        for path, marker, etag in index.conn.execute(
-            "SELECT path, remote_marker, remote_etag FROM paths WHERE remote_kind IS NOT NULL "
-            "AND (remote_kind != 'dir' OR remote_marker)"
-        )
-    }
-    return LastListing(etags, index.meta(LISTED_MANIFEST) or None)
-
-
-def _ranges(known: Sequence[str], page: int) -> list[tuple[str | None, bytes | None]]:
-    """Split the key space at every (page - 1)th known key into ranges (after this key,
-    up to and including that one) that together cover every key once. A store lists one
-    range a page at a time, but the ranges can be listed at once: a listing of 50 pages
-    takes the time of a few. Unchanged, a range fits one page, and the key after its end
-    on that page says it is complete."""
-    ordered = sorted(key.encode("utf-8", "surrogateescape") for key in known)
-    cuts = ordered[page - 2 :: page - 1] if page > 1 else []
-    starts: list[str | None] = [None, *(c.decode("utf-8", "surrogateescape") for c in cuts)]
-    ends: list[bytes | None] = [*cuts, None]
-    return list(zip(starts, ends, strict=True))
 
 
 @dataclass(frozen=True)
