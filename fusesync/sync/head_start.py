@@ -18,13 +18,13 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fusesync.config import Settings, Target
 from fusesync.index import Index, TargetLock
-from fusesync.remote.crt import CrtClient
-from fusesync.remote.shapes import conditions, list_query
-from fusesync.remote.signed import env_credentials, fast_path_allowed, uses_path_style
-from fusesync.sync.ranges import S3_PAGE, key_ranges, last_listing
+
+if TYPE_CHECKING:
+    from fusesync.remote.crt import CrtClient
 
 TRANSFERS = 32
 """Requests in flight at once: measured against SeaweedFS on 2 cores, 32 beat 16 by ~10%."""
@@ -50,6 +50,10 @@ def opened(settings: Settings, target: Target, activity: str) -> Iterator[Opened
 
 
 def _early_listing(settings: Settings, target: Target, index: Index) -> CrtClient | None:
+    # here: a push loads none of it unless it has something to send
+    from fusesync.remote.shapes import conditions, list_query
+    from fusesync.sync.ranges import S3_PAGE, key_ranges, last_listing
+
     crt = _light_client(settings)
     if crt is None:
         return None
@@ -68,6 +72,9 @@ def _early_listing(settings: Settings, target: Target, index: Index) -> CrtClien
 def _light_client(settings: Settings) -> CrtClient | None:
     """The client S3Remote would build for the light path, when it can be told without
     boto3: the environment's keys and a region from the settings or the environment."""
+    from fusesync.remote.crt import CrtClient
+    from fusesync.remote.signed import env_credentials, fast_path_allowed, uses_path_style
+
     region = settings.region or os.environ.get("AWS_DEFAULT_REGION")
     credentials = env_credentials(settings.profile)
     if not region or credentials is None:
