@@ -254,6 +254,21 @@ def test_listings_the_kernel_keeps_show_what_a_pull_changed(one: Cluster, two: C
     assert_clean_log(two)
 
 
+def test_a_folder_emptied_through_the_mount_stays_on_the_other_cluster(
+    one: Cluster, two: Cluster
+) -> None:
+    """The mount's push writes the marker of a folder whose last file was deleted through
+    it (the remote knew the folder only from that file); found by the state machine."""
+    populate_remote(one)
+    with mounted(two.home, two.env):
+        mounted_run(two, "pull")
+        (two.home / "docs" / "notes.txt").unlink()
+        mounted_run(two, "push", max_delete=1.0)
+    one.pull("--max-delete", "100%")
+    assert (one.home / "docs").is_dir() and not any((one.home / "docs").iterdir())
+    assert_clean_log(two)
+
+
 def test_unmount_leaves_a_plain_complete_directory(one: Cluster, two: Cluster) -> None:
     populate_remote(one)
     remote_only_state(two)

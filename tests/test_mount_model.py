@@ -128,6 +128,33 @@ class MountModel(RuleBasedStateMachine):
         assert code == 0, output
         (self.ref / name).write_bytes(body)
 
+    @rule(path=paths, body=data, delete=st.booleans())
+    def pull_changes_from_other(self, path: str, body: bytes, delete: bool) -> None:
+        """Another cluster changes, adds or deletes a file anywhere in the tree; a pull in
+        the mount shows it at once, in listings the kernel keeps as in the files' data."""
+        self.push()
+        if not tree_of(self.ref):  # push left the other cluster as it was
+            return
+        theirs, mine = self.other.home / path, self.ref / path
+        if delete:
+            if not theirs.is_file() or theirs.is_symlink():
+                return
+            theirs.unlink()
+            mine.unlink()
+        else:
+            folders = [theirs.parent, *theirs.parent.parents]
+            if theirs.is_dir() or theirs.is_symlink() or any(
+                f.is_relative_to(self.other.home) and (f.is_symlink() or f.is_file())
+                for f in folders
+            ):
+                return
+            for home in (self.other.home, self.ref):
+                (home / path).parent.mkdir(parents=True, exist_ok=True)
+                (home / path).write_bytes(body)
+        self.other.push("--max-delete", "100%")
+        code, output = forward_in(self.cluster.env, "pull", max_delete=1.0)
+        assert code == 0, output
+
     @rule()
     def remount(self) -> None:
         self.mount.stop()

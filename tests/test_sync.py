@@ -463,3 +463,20 @@ def test_a_pull_sends_its_listing_early_and_asks_nothing_twice(
         assert len([path for _, path, _ in sent if "list-type=2" in path]) == 1
         assert len([path for _, path, _ in sent if path == manifest]) == 1
     assert tree_of(two.home) == tree_of(one.home)
+
+
+def test_a_folder_emptied_here_stays_on_the_other_cluster(one: Cluster, two: Cluster) -> None:
+    """A folder the remote knew only from the file inside it: when that file is deleted
+    here, push writes the folder's marker, or the other cluster's pull would take the
+    folder away with the file."""
+    (one.home / "results" / "run1").mkdir(parents=True)
+    (one.home / "results" / "run1" / "out.txt").write_text("out")
+    (one.home / "keep.txt").write_text("keep")
+    one.push()
+    two.pull()
+    (one.home / "results" / "run1" / "out.txt").unlink()
+    one.push("--max-delete", "100%")
+    two.pull("--max-delete", "100%")
+    assert (two.home / "results" / "run1").is_dir()
+    assert tree_of(two.home) == tree_of(one.home)
+    assert "0 uploaded" in one.push().output  # written once

@@ -36,7 +36,16 @@ from fusesync.sync.guards import (
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
-from fusesync.sync.plan import REMOTE_MOVED, Action, Op, plan_pull, plan_push, sql_functions
+from fusesync.sync.plan import (
+    EMPTIED_FOLDER,
+    REMOTE_MOVED,
+    Action,
+    Op,
+    keep_emptied,
+    plan_pull,
+    plan_push,
+    sql_functions,
+)
 from fusesync.sync.pull import Puller, local_version
 from fusesync.sync.push import ManifestCache, Pusher
 from fusesync.sync.remote_scan import scan_remote
@@ -134,10 +143,17 @@ class MountService:
         report.skipped.extend(skipped)
         left = {path for path, _ in skipped}
         actions = []
-        for row in self._journaled(upto, left):  # as detect left them
+        journaled = self._journaled(upto, left)  # as detect left them
+        for row in journaled:
             action = plan_push(row, remote_listed=False)
             if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
+        # a folder emptied through the mount: only the folders of what changed can be
+        emptied = self.index.rows(
+            f"path IN (SELECT value FROM json_each(?)) AND {EMPTIED_FOLDER}",
+            (json.dumps(sorted({row["parent"] for row in journaled})),),
+        )
+        actions += keep_emptied((r for r in emptied if not excluded(self.exclude, r)), actions)
         guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files)
         if dry_run:
             report.planned = actions

@@ -107,8 +107,15 @@ class Namespace(View):
                 raise fail(errno.ENOENT, path) from None
             if row["remote_kind"] == Kind.DIR:
                 raise fail(errno.EISDIR, path) from None
+            self._keep_folder(parent)
             self.journal.adopt_remote(path)
         self.inodes.detach(parent, node.name)
+
+    def _keep_folder(self, parent: Node) -> None:
+        """A remote-only entry is removed from `parent`: a remote-only folder is made here
+        (as on first use), so that, left empty, push keeps it by a marker
+        (plan.EMPTIED_FOLDER) instead of letting it go with the last key below it."""
+        self.local_dir(parent)
 
     def rmdir(self, parent_ino: int, name: str) -> None:
         parent = self.node(parent_ino)
@@ -132,6 +139,7 @@ class Namespace(View):
             self.dirs.drop(node)
             os.rmdir(node.name, dir_fd=dir_fd)
         else:
+            self._keep_folder(parent)
             self.journal.adopt_remote(path)
         self.journal.mark_tree(path)
         self.inodes.detach(parent, node.name)

@@ -30,12 +30,14 @@ from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import (
+    EMPTIED_FOLDER,
     MAYBE_LOCAL_CHANGE,
     REMOTE_MOVED,
     REMOTE_SIDE_COLUMNS,
     Action,
     Op,
     Side,
+    keep_emptied,
     plan_pull,
     plan_push,
     remote_side,
@@ -161,6 +163,8 @@ class Engine:
             action = plan_push(row, remote_listed)
             if action is not None and not excluded(self.exclude, row):
                 actions.append(action)
+        emptied = self.index.rows(EMPTIED_FOLDER)
+        actions += keep_emptied((r for r in emptied if not excluded(self.exclude, r)), actions)
         return actions
 
     def plan_pull(self) -> list[Action]:

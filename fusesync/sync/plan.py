@@ -7,6 +7,7 @@ with the base B, and say what push or pull must do. Nothing here changes anythin
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -52,6 +53,26 @@ MAYBE_LOCAL_CHANGE = """
 """
 """SQL for the rows whose local side may differ from the base: every row `local_side`
 would call NEW, CHANGED or DELETED is among them, so a push need not look at the rest."""
+
+
+EMPTIED_FOLDER = """
+    local_kind = 'dir' AND base_kind = 'dir' AND NOT coalesce(remote_marker, 0)
+    AND NOT EXISTS (SELECT 1 FROM paths AS inside WHERE inside.parent = paths.path
+        AND (inside.local_kind IS NOT NULL
+             OR (inside.base_kind IS NULL AND inside.remote_kind IS NOT NULL)))
+"""
+"""SQL for a folder that stands empty here and that the remote knows only from the keys
+below it (no 'path/' marker): unless push writes its marker, the files it held take it
+with them on every other cluster. A remote-only entry below is content (a mount shows
+it); a synced one deleted here is not."""
+
+
+def keep_emptied(rows: Iterable[Row], planned: Sequence[Action]) -> list[Action]:
+    """The uploads of the markers of emptied folders (rows of EMPTIED_FOLDER) that
+    nothing else planned."""
+    paths = {action.path for action in planned}
+    return [Action(Op.UPLOAD, row["path"], Kind.DIR, row=row)
+            for row in rows if row["path"] not in paths]
 
 
 REMOTE_SIG_COLUMNS = ("remote_kind", "remote_etag", "remote_mode", "remote_uid",
