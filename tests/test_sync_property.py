@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,9 @@ def _files(tree: dict[str, tuple[bytes, int]]) -> dict[str, tuple[bytes, int]]:
     return {p: v for p, v in tree.items() if not any(q.startswith(p + "/") for q in tree)}
 
 
-def _write(home: Path, tree: dict[str, tuple[bytes, int]]) -> None:
+def _write(home: Path, tree: dict[str, tuple[bytes, int]], folders: Sequence[str] = ()) -> None:
+    """Replace what `home` holds by `tree`, and `folders` (empty, unless a file of the
+    tree is below one; left out where a file of the tree stands on its way)."""
     for entry in home.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -40,6 +43,9 @@ def _write(home: Path, tree: dict[str, tuple[bytes, int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         os.chmod(path, mode)
+    for rel in folders:
+        if not any(rel == p or rel.startswith(p + "/") for p in tree):
+            (home / rel).mkdir(parents=True, exist_ok=True)
 
 
 def _pair(root: Path, fusesync_env) -> tuple[Cluster, Cluster]:  # type: ignore[no-untyped-def]
@@ -52,21 +58,27 @@ def _pair(root: Path, fusesync_env) -> tuple[Cluster, Cluster]:  # type: ignore[
     return clusters[0], clusters[1]
 
 
-@given(first=_TREES.map(_files), then=_TREES.map(_files))
+_FOLDERS = st.lists(_PATHS, max_size=3)
+
+
+@given(first=_TREES.map(_files), then=_TREES.map(_files), first_folders=_FOLDERS,
+       then_folders=_FOLDERS)
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_random_trees_travel_and_change(
-    tmp_path_factory: pytest.TempPathFactory, fusesync_env, first, then  # type: ignore[no-untyped-def]
+def test_random_trees_travel_and_change(  # type: ignore[no-untyped-def]
+    tmp_path_factory: pytest.TempPathFactory, fusesync_env, first, then, first_folders,
+    then_folders,
 ) -> None:
     """A tree pushed by one cluster is pulled whole by the other; replaced by another tree
     (files gone, new, changed, modes changed, files where folders were and folders where
-    files were), pushed and pulled again, the second cluster holds exactly the new one."""
+    files were, empty folders come and gone), pushed and pulled again, the second cluster
+    holds exactly the new one."""
     one, two = _pair(tmp_path_factory.mktemp("trees"), fusesync_env)
-    _write(one.home, first)
+    _write(one.home, first, first_folders)
     one.push()
     two.pull()
     assert tree_of(two.home) == tree_of(one.home)
-    _write(one.home, then)
+    _write(one.home, then, then_folders)
     one.push("--max-delete", "100%")
     two.pull("--max-delete", "100%")
     assert tree_of(two.home) == tree_of(one.home)
