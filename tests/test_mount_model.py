@@ -137,8 +137,8 @@ class MountModel(RuleBasedStateMachine):
             return
         theirs, mine = self.other.home / path, self.ref / path
         if delete:
-            if not theirs.is_file() or theirs.is_symlink():
-                return
+            if not theirs.is_file() or theirs.is_symlink() or len(tree_of(self.ref)) == 1:
+                return  # (the last entry: pull refuses an emptied remote, on purpose)
             theirs.unlink()
             mine.unlink()
         else:

@@ -506,3 +506,30 @@ async def test_a_listing_by_inode_lists_each_name_that_stays_once(overlay: Overl
     assert stayed <= set(names_seen), f"skipped: {sorted(stayed - set(names_seen))}"
     offsets = [offset for _, offset in first + rest]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+async def test_a_write_just_after_a_fetch_is_hashed_leaves_no_stale_md5(
+    overlay: Overlay, root: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write through the mount that lands after the fetched file was hashed but before
+    it is recorded: the index must not keep the MD5 of the bytes before the write (push
+    would send it as the file's Content-MD5, refused as changed at every push). Found by
+    the mount's state machine (an append to a file just pulled)."""
+    from fusesync.fs import fetch as fetch_module
+
+    hashed = fetch_module._seal
+
+    def hashed_then_written(fetch: Any, row: Any) -> str:
+        md5 = hashed(fetch, row)
+        fetch.write(b"late", fetch.size)  # as a write through the mount would
+        return md5
+
+    monkeypatch.setattr(fetch_module, "_seal", hashed_then_written)
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    fh = await overlay.open(attr.ino, os.O_RDONLY)
+    await fetched(overlay)
+    overlay.release(fh)
+    on_disk = hashlib.md5((root / "remote.bin").read_bytes()).hexdigest()
+    row = index.require("remote.bin")
+    assert row["local_md5"] in (None, on_disk)
+    assert row["dirty"]  # and push looks at it

@@ -214,7 +214,12 @@ class Journal:
                 self._adopt(row["remote_from"])
             return
         with self.index.transaction():
-            self.index.upsert(path, **columns.local_from_stat(st, kind, md5, row["remote_target"]))
+            # Changed while it streamed in: `st` may be of a write that came after the file
+            # was hashed, so no MD5 is recorded and push hashes it again (it would send an
+            # MD5 the file does not have, refused at every push).
+            local = columns.local_from_stat(st, kind, None if changed else md5,
+                                            row["remote_target"])
+            self.index.upsert(path, **local)
             if changed:
                 self.index.upsert(path, **columns.remote_as_local_base(row), dirty=self.seq)
                 return
