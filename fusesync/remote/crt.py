@@ -90,6 +90,7 @@ class CrtClient:
     ) -> None:
         endpoint = urllib.parse.urlsplit(endpoint_url)
         self._host = endpoint.netloc
+        self.serves = (endpoint_url, region, path_style)  # what it was built for
         # sent by send_early, not yet taken: each one's answer and the CRT's request (which
         # holds the answer's callbacks: the answer must not hold it, or neither is freed)
         self._early: dict[tuple[Any, ...], tuple[_Answer, Any]] = {}
@@ -174,17 +175,9 @@ class CrtClient:
                         token.run_sync_soon(sent, progress)
 
             try:
-                pending = self._client.make_request(
-                    type=crt_s3.S3RequestType.DEFAULT,
-                    operation_name=operation,
-                    request=request,
-                    send_filepath=send_path,
-                    on_headers=answer.on_headers,
-                    on_body=answer.on_body,
-                    on_done=answer.on_done,
-                    # bytes sent: only an upload needs telling, a download has on_body
-                    on_progress=on_progress if body or send_path else None,
-                )
+                # bytes sent: only an upload needs telling, a download has on_body
+                pending = self._start(operation, request, answer, send_path,
+                                      on_progress if body or send_path else None)
             except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
                 if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
                     raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
@@ -236,15 +229,23 @@ class CrtClient:
         host, target = self._target(bucket, key, query)
         request, _ = _request(method, host, target, headers, None)
         answer = _Answer(None)
-        pending = self._client.make_request(
+        pending = self._start(operation, request, answer)
+        self._early[_signature(method, bucket, key, query, headers)] = answer, pending
+
+    def _start(self, operation: str, request: crt_http.HttpRequest, answer: _Answer,
+               send_path: str | None = None,
+               on_progress: Callable[[int], None] | None = None) -> Any:
+        """Hand the request to the CRT, `answer` hearing of it; the CRT's S3Request."""
+        return self._client.make_request(
             type=crt_s3.S3RequestType.DEFAULT,
             operation_name=operation,
             request=request,
+            send_filepath=send_path,
             on_headers=answer.on_headers,
             on_body=answer.on_body,
             on_done=answer.on_done,
+            on_progress=on_progress,
         )
-        self._early[_signature(method, bucket, key, query, headers)] = answer, pending
 
 
 class _Answer:

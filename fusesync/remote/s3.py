@@ -56,6 +56,7 @@ from fusesync.remote.shapes import (
 )
 from fusesync.remote.signed import (
     FastClient,
+    endpoint_of,
     env_credentials,
     fast_path_allowed,
     uses_path_style,
@@ -161,8 +162,9 @@ class S3Remote:
 
     def __init__(self, settings: Settings, *, max_concurrency: int = 16,
                  crt: CrtClient | None = None) -> None:
-        """`crt`: the light path's client, built already for these settings and this
-        environment (sync/head_start.py); else it is built here when the path is open."""
+        """`crt`: the light path's client, built already (sync/head_start.py), taken if
+        it serves the endpoint, region and addressing resolved here; else one is built
+        when the path is open."""
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint_url or "S3"
         self._settings = settings
@@ -175,7 +177,7 @@ class S3Remote:
             or self._boto3_session().region_name
             or DEFAULT_REGION
         )
-        url = settings.endpoint_url or f"https://s3.{self.region}.amazonaws.com"
+        url = endpoint_of(settings.endpoint_url, self.region)
         self.endpoint = url
         self._client: Any
         # Single-object requests go through the CRT, awaited without a worker thread;
@@ -187,8 +189,9 @@ class S3Remote:
             self._client = FastClient(
                 self._boto3_client, url, credentials, self.region, path_style, max_concurrency
             )
-            self._crt = crt or CrtClient(url, credentials, self.region, path_style,
-                                         max_concurrency)
+            if crt is None or crt.serves != (url, self.region, path_style):
+                crt = CrtClient(url, credentials, self.region, path_style, max_concurrency)
+            self._crt = crt
         else:
             self._client = self._boto3_client()
         self._limiter = trio.CapacityLimiter(max_concurrency)

@@ -55,6 +55,11 @@ def fast_path_allowed(endpoint_url: str) -> bool:
     )
 
 
+def endpoint_of(endpoint_url: str | None, region: str) -> str:
+    """The endpoint a bucket is reached at: the one configured, else AWS's for `region`."""
+    return endpoint_url or f"https://s3.{region}.amazonaws.com"
+
+
 def env_credentials(profile: str | None) -> crt_auth.AwsCredentialsProvider | None:
     """The environment's keys, when no profile is named (boto3 would take them first
     too); None otherwise, for boto3's chain to find."""

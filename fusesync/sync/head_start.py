@@ -73,13 +73,18 @@ def _light_client(settings: Settings) -> CrtClient | None:
     """The client S3Remote would build for the light path, when it can be told without
     boto3: the environment's keys and a region from the settings or the environment."""
     from fusesync.remote.crt import CrtClient
-    from fusesync.remote.signed import env_credentials, fast_path_allowed, uses_path_style
+    from fusesync.remote.signed import (
+        endpoint_of,
+        env_credentials,
+        fast_path_allowed,
+        uses_path_style,
+    )
 
     region = settings.region or os.environ.get("AWS_DEFAULT_REGION")
     credentials = env_credentials(settings.profile)
     if not region or credentials is None:
         return None
-    url = settings.endpoint_url or f"https://s3.{region}.amazonaws.com"
+    url = endpoint_of(settings.endpoint_url, region)
     if not fast_path_allowed(url):
         return None
     path_style = uses_path_style(url, settings.addressing_style, settings.bucket)

@@ -13,10 +13,9 @@ from typing import Any
 
 from fusesync.config import Config, Settings, Target
 from fusesync.crypt.passphrase import PassphraseSource
-from fusesync.index import Index, TargetLock
 from fusesync.remote.base import Remote
 from fusesync.sync.engine import Engine
-from fusesync.sync.head_start import TRANSFERS, Opened
+from fusesync.sync.head_start import TRANSFERS, Opened, opened
 from fusesync.sync.report import Progress
 
 
@@ -54,10 +53,8 @@ async def open_engine(
     settings = config.settings
     async with AsyncExitStack() as stack:
         if early is None:
-            stack.enter_context(TargetLock(target.state_dir, target.name, activity))
-            index = stack.enter_context(Index(target.state_dir / "index.db"))
-        else:
-            index = early.index
-        remote = LazyRemote(lambda: s3_remote(settings, early), settings.bucket)
+            early = stack.enter_context(opened(settings, target, activity))
+        held = early
+        remote = LazyRemote(lambda: s3_remote(settings, held), settings.bucket)
         stack.push_async_callback(remote.aclose)
-        yield Engine(target, index, remote, progress, passphrase=passphrase)
+        yield Engine(target, held.index, remote, progress, passphrase=passphrase)
