@@ -96,12 +96,12 @@ def sql_functions(conn: sqlite3.Connection) -> None:
 
 
 def local_side(row: Row) -> Side:
+    if row["base_kind"] is None:  # (a signature is None exactly when its kind is)
+        return Side.NEW if row["local_kind"] is not None else Side.ABSENT
     now = local_sig(
         row["local_kind"], row["local_md5"], row["local_mode"], row["local_uid"],
         row["local_gid"], row["local_mtime_ns"], row["local_target"],
     )
-    if row["base_kind"] is None:
-        return Side.NEW if now is not None else Side.ABSENT
     if now is None:
         return Side.DELETED
     base = local_sig(
@@ -112,9 +112,9 @@ def local_side(row: Row) -> Side:
 
 
 def remote_side(row: Row) -> Side:
+    if row["base_kind"] is None:  # no signature to build: a first pull's every row
+        return Side.NEW if row["remote_kind"] is not None else Side.ABSENT
     now = remote_now_sig(row)
-    if row["base_kind"] is None:
-        return Side.NEW if now is not None else Side.ABSENT
     if now is None:
         return Side.DELETED
     return Side.SAME if now == row["base_rsig"] else Side.CHANGED
