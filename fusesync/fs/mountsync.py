@@ -267,8 +267,8 @@ class MountService:
     async def forget_in_kernel(self, paths: list[str]) -> None:
         """Tell the kernel to drop the names and cached data of `paths` (changed behind
         its back by a pull or an eviction)."""
-        entries: list[tuple[int, str, int | None]] = []
-        for path in paths:
+        entries: dict[tuple[int, str, int | None], None] = {}  # once each: a first pull's
+        for path in paths:  # thousands of paths all name the few top-level folders
             # The deepest folder on the way the kernel may know, and the next name in it:
             # the path's own parent and name, or the first folder new to the kernel (its
             # parent's listing lacks it).
@@ -279,9 +279,9 @@ class MountService:
                 if node is None or depth == len(parts) - 1:
                     break
                 parent = node
-            entries.append((parent.inode, name, node.inode if node is not None else None))
+            entries[parent.inode, name, node.inode if node is not None else None] = None
         if entries:
-            await self.invalidate(entries)
+            await self.invalidate(list(entries))
 
     # -- status ------------------------------------------------------------------------
 
