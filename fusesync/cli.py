@@ -21,7 +21,9 @@ from fusesync.errors import Declined, FusesyncError, first_leaf
 from fusesync.index.lock import TargetLock
 
 if TYPE_CHECKING:
+    from fusesync.crypt.passphrase import PassphraseSource
     from fusesync.sync.head_start import Opened
+    from fusesync.sync.report import Report
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
 
@@ -271,12 +273,8 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
 
 def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run: bool,
           max_delete: float, passphrase_file: Path | None, early: Opened) -> None:
-    # here, not at the top, and only once no mount runs it: list, add, remove and a
-    # forwarded push or pull start faster without them
-    import trio
+    from fusesync.sync.head_start import quiet_pull
 
-    from fusesync.sync.report import Report
-    from fusesync.sync.session import open_engine
     if verb == "push":
         click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
     else:
@@ -289,15 +287,9 @@ def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run
             shown.append(True)
 
     passphrase = terminal_source(passphrase_file, before=permissions)
-
-    async def go() -> Report:
-        async with open_engine(config, target, verb, _progress(verb), passphrase,
-                               early) as engine:
-            run = engine.push if verb == "push" else engine.pull
-            return await run(dry_run=dry_run, max_delete=max_delete)
-
-    with heap.settled():
-        report = trio.run(go)
+    report = quiet_pull(early, config.settings, target, dry_run) if verb == "pull" else None
+    if report is None:
+        report = _run_engine(config, target, verb, dry_run, max_delete, passphrase, early)
     permissions()
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
     for action in report.planned:
@@ -308,6 +300,24 @@ def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run
         click.echo(f"   skipped: {path}: {reason}")
     click.echo(f"   {report.summary()}")
     ctx.exit(report.exit_status)
+
+
+def _run_engine(config: Config, target: Target, verb: str, dry_run: bool, max_delete: float,
+                passphrase: PassphraseSource, early: Opened) -> Report:
+    # here, not at the top, and only once no mount runs it: list, add, remove, a forwarded
+    # push or pull and a pull with nothing new end sooner without them
+    import trio
+
+    from fusesync.sync.session import open_engine
+
+    async def go() -> Report:
+        async with open_engine(config, target, verb, _progress(verb), passphrase,
+                               early) as engine:
+            run = engine.push if verb == "push" else engine.pull
+            return await run(dry_run=dry_run, max_delete=max_delete)
+
+    with heap.settled():
+        return trio.run(go)
 
 
 @cli.command()

@@ -465,6 +465,75 @@ def test_a_pull_sends_its_listing_early_and_asks_nothing_twice(
     assert tree_of(two.home) == tree_of(one.home)
 
 
+def test_a_pull_with_nothing_new_ends_on_its_early_answers(
+    one: Cluster, two: Cluster, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull whose early answers show nothing new (the manifest unchanged, every key as
+    the index holds it, no change left waiting) ends there without the engine; anything
+    else runs the engine, which pulls it or reports it as before."""
+    import fusesync.sync.session as session
+    from fusesync.index import Index
+
+    engines: list[str] = []
+    open_engine = session.open_engine
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        engines.append(args[2])  # the verb
+        return open_engine(*args, **kwargs)
+
+    monkeypatch.setattr(session, "open_engine", counted)
+
+    def pull(status: int = 0) -> tuple[bool, str]:
+        """(whether the engine ran, the output)"""
+        engines.clear()
+        result = two.pull(status=status)
+        return bool(engines), result.output
+
+    populate(one.home)
+    one.push()
+    assert pull()[0]  # a first pull
+    ran, output = pull()
+    assert not ran and "0 downloaded (0 B), 0 deleted, 0 conflicts" in output
+    assert " > Synchronizing s3://" in output and "Sync ... OK" in output
+    assert "0 downloaded" in two.pull("--dry-run").output and not engines
+
+    prefix = "sync/tester/default/"
+    # another tool writes a key and deletes one: the manifest knows nothing of either
+    s3.put_object(Bucket=two.bucket, Key=prefix + "from-aws.txt", Body=b"aws")
+    assert pull()[0]
+    assert (two.home / "from-aws.txt").read_bytes() == b"aws"
+    assert pull()[0]  # a row a HEAD gave names no manifest version: the engine looks
+    s3.delete_object(Bucket=two.bucket, Key=prefix + "from-aws.txt")
+    assert pull()[0]
+    assert not (two.home / "from-aws.txt").exists()
+    assert not pull()[0]
+    # a push from the other cluster: a new manifest
+    (one.home / "notes.txt").write_text("new notes")
+    one.push()
+    assert pull()[0]
+    assert (two.home / "notes.txt").read_text() == "new notes"
+    # a change an earlier pull left alone is tried (and reported) again by every pull
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (two.home / "results").symlink_to(outside)
+    (one.home / "results").mkdir()
+    (one.home / "results" / "x").write_text("x")
+    one.push()
+    for _ in range(2):
+        ran, output = pull(status=3)
+        assert ran and "skipped: results/x" in output
+    assert list(outside.iterdir()) == []
+    (two.home / "results").unlink()
+    assert pull()[0]
+    assert not pull()[0]
+    # a pull that was cut short looks at both sides again
+    with Index(two.state / "default" / "index.db") as index:
+        index.set_meta("pull_running", "1")
+    assert pull()[0]
+    assert not pull()[0]
+    assert tree_of(two.home, SKIP) == tree_of(one.home, SKIP)
+
+
 def test_a_folder_emptied_here_stays_on_the_other_cluster(one: Cluster, two: Cluster) -> None:
     """A folder the remote knew only from the file inside it: when that file is deleted
     here, push writes the folder's marker, or the other cluster's pull would take the

@@ -235,6 +235,33 @@ class CrtClient:
         pending = self._start(operation, request, answer)
         self._early[_signature(method, bucket, key, query, headers)] = answer, pending
 
+    def early_reply(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: str = "",
+        timeout: float,
+    ) -> Reply | None:
+        """The answer to a request `send_early` sent, once it has come (waiting up to
+        `timeout` seconds), an error answer's status, headers and body too; left for `send`
+        to take. None: no such request left early, it is still going, or it failed with no
+        answer (the endpoint unreachable: `send` will say so)."""
+        early = self._early.get(_signature(method, bucket, key, query, headers))
+        if early is None:
+            return None
+        answer, pending = early
+        if not answer.finished.wait(timeout):
+            return None
+        error = pending.finished_future.exception()
+        if error is None:
+            return Reply(answer.status, _lower(answer.headers), b"".join(answer.chunks))
+        if isinstance(error, crt_s3.S3ResponseError):
+            return Reply(error.status_code, _lower(error.headers), error.body or b"")
+        return None
+
     def _start(self, operation: str, request: crt_http.HttpRequest, answer: _Answer,
                send_path: str | None = None,
                on_progress: Callable[[int], None] | None = None) -> Any:

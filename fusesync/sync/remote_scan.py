@@ -6,9 +6,8 @@ them). Keys that could escape the tree or clash are skipped and reported, never 
 
 from __future__ import annotations
 
-import itertools
 import stat
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +21,18 @@ from fusesync.remote.base import Listed, Remote
 from fusesync.sync import manifest as manifest_codec
 from fusesync.sync.manifest import ManifestEntry, RawEntries
 from fusesync.sync.matcher import PathMatcher
-from fusesync.sync.model import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Kind, md5_etag, unsafe_reason
+from fusesync.sync.model import DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Kind, md5_etag
 from fusesync.sync.ranges import (
     LISTED_MANIFEST,
     NO_LISTING,
     S3_PAGE,
     LastListing,
+    Range,
+    RangeCut,
     key_ranges,
     last_listing,
+    meet,
+    settle,
 )
 
 REMOTE_COLUMNS = (
@@ -96,11 +99,6 @@ async def load_manifest(
     return manifest_codec.decode(data), etag
 
 
-def _parents(relpath: str) -> list[str]:
-    parts = relpath.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
 async def scan_remote(
     remote: Remote, target: Target, index: Index, exclude: PathMatcher
 ) -> RemoteScan:
@@ -121,8 +119,6 @@ async def list_remote(
     With no keys known (a first pull), the manifest's paths are the guess for the
     ranges, so the manifest comes first."""
     result = RemoteScan()
-    files: dict[str, Listed] = {}
-    markers: dict[str, Listed] = {}
     prefix = target.prefix
     unchanged = False
 
@@ -139,10 +135,10 @@ async def list_remote(
     manifest_first = not known
     if manifest_first:  # else page after page: 5,000 keys listed in 115-145 ms, 80-105 so
         await take_manifest()
-        known = [prefix + path for path in result.manifest  # a folder is no key (_meet)
+        known = [prefix + path for path in result.manifest  # a folder is no key (meet)
                  if (entry := _entry(result.manifest, path)) is None or entry["kind"] != Kind.DIR]
     ranges = key_ranges(known, S3_PAGE)
-    taken: list[_Range | None] = [None] * len(ranges)
+    taken: list[Range | None] = [None] * len(ranges)
 
     async def take(i: int) -> None:
         taken[i] = await _take_range(remote, prefix, *ranges[i])
@@ -153,27 +149,14 @@ async def list_remote(
                 nursery.start_soon(take_manifest, last.manifest_etag)
             for i in range(len(ranges)):
                 nursery.start_soon(take, i)
-        if not _meet(taken):  # a store that lists in its own order
+        if not meet(taken):  # a store that lists in its own order
             taken = [await _take_range(remote, prefix, None, None)]
-    for each in taken:
-        assert each is not None, "every range was taken, or the whole listing"
-        _take_listing(each.objects, prefix, exclude, result, files, markers)
-
-    dirs = set(markers)
-    for rel in (*files, *markers):
-        dirs.update(_parents(rel))
-    for rel in sorted(set(files) & dirs):
-        result.skipped.append((prefix + rel, "both a file and a directory"))
-        del files[rel]
-        dirs.discard(rel)
-        for other in [p for p in files if p.startswith(rel + "/")]:
-            result.skipped.append((prefix + other, f"inside '{rel}', which is also a file"))
-            del files[other]
-        dirs = {d for d in dirs if not d.startswith(rel + "/")}
-        markers = {m: o for m, o in markers.items() if m in dirs}
+    settled = settle([each for each in taken if each is not None], prefix, exclude)
+    result.objects = settled.objects
+    result.skipped.extend(settled.skipped)
+    files, markers, dirs = settled.files, settled.markers, settled.dirs
     if unchanged:
-        listed = {obj.key: obj.etag for obj in (*files.values(), *markers.values())}
-        if listed == last.etags:
+        if settled.etags() == last.etags:
             result.built_from = last.manifest_etag
             return None, result
         await take_manifest()  # keys moved, not the manifest: another tool, or new excludes
@@ -217,69 +200,21 @@ async def list_remote(
     return rows, result
 
 
-@dataclass(frozen=True)
-class _Range:
-    objects: list[Listed]
-    after: str | None
-    """The first key the store listed past the range's end (None: the listing ended)."""
-
-
 async def _take_range(
     remote: Remote, prefix: str, start_after: str | None, last: bytes | None
-) -> _Range | None:
+) -> Range | None:
     """The keys after `start_after` up to and including `last` (None: no bound), or None
     when the store does not list them in UTF-8 byte order (as S3 does)."""
-    objects: list[Listed] = []
-    bounded = start_after is not None or last is not None  # the whole listing needs no order
-    previous = start_after.encode("utf-8", "surrogateescape") if start_after else None
+    cut = RangeCut(start_after, last)
     listing = remote.list(prefix, start_after)
     try:
         async for obj in listing:
-            if bounded:
-                key = obj.key.encode("utf-8", "surrogateescape")
-                if previous is not None and key <= previous:
-                    return None
-                if last is not None and key > last:
-                    return _Range(objects, obj.key)
-                previous = key
-            objects.append(obj)
+            if not cut.take(obj):
+                break
     finally:
         if isinstance(listing, AsyncGenerator):  # stopped early: close its pages
             await listing.aclose()
-    return _Range(objects, None)
-
-
-def _meet(taken: Sequence[_Range | None]) -> bool:
-    """Whether the ranges took every key once: each in order, and each ending where the
-    next begins. The key a range saw past its end must be the first of the next range
-    (in byte order both are the first key after the cut), else the store lists in an
-    order of its own that no range saw break: SeaweedFS lists a folder's keys where the
-    folder's name sorts, so 'a/x' before 'a-1', and the keys after 'a-1' leave out 'a/'
-    and all it holds, which the range before stopped short of."""
-    ranges = [each for each in taken if each is not None]
-    return len(ranges) == len(taken) and all(
-        here.after == (after.objects[0].key if after.objects else after.after)
-        for here, after in itertools.pairwise(ranges)
-    )
-
-
-def _take_listing(
-    objects: Sequence[Listed], prefix: str, exclude: PathMatcher, result: RemoteScan,
-    files: dict[str, Listed], markers: dict[str, Listed],
-) -> None:
-    for obj in objects:
-        result.objects += 1
-        rel = obj.key[len(prefix):]
-        is_marker = rel.endswith("/")
-        if is_marker:
-            rel = rel[:-1]
-        why = unsafe_reason(rel)
-        if why:
-            result.skipped.append((obj.key, f"unsafe key ({why})"))
-            continue
-        if exclude.matches(rel, is_marker):
-            continue
-        (markers if is_marker else files)[rel] = obj
+    return cut.range()
 
 
 def record_remote(
