@@ -279,7 +279,7 @@ async def test_hashed_file_up_to_the_crt_limit_goes_in_one_put(
     attrs = Attrs(mode=0o100640, uid=7, gid=8, mtime=1700000002.5)
     path, md5, etag = await upload_big(remote, tmp_path, s3, bucket, attrs)
     assert etag == md5 if light else etag.endswith("-3")
-    assert s3_remote._part_buffers.value == 16  # given back
+    assert s3_remote._part_buffers.value == s3_remote.part_buffers  # given back
     with pytest.raises(RemoteChanged):
         await remote.upload_file("p/big", path, size=BIG, md5=md5, if_match="0" * 32)
     stale = hashlib.md5(b"what it held when hashed").hexdigest()
@@ -315,7 +315,8 @@ async def test_cancelled_multipart_upload_is_aborted(
     assert scope.cancelled_caught
     assert no_uploads(s3, bucket)
     assert await remote.head("p/big") is None
-    assert s3_remote_of(remote)._part_buffers.value == 16  # every part's buffer given back
+    held = s3_remote_of(remote)
+    assert held._part_buffers.value == held.part_buffers  # every part's buffer given back
 
 
 async def test_cancelled_download_stops(remote: Remote, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from fusesync.fs.mounts import MountState, is_stale, lazy_unmount, mount_state
 from fusesync.fs.overlay import Overlay
 from fusesync.index import Index, TargetLock
 from fusesync.remote.s3 import S3Remote
+from fusesync.sync.head_start import TRANSFERS
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import scan_tree
@@ -91,7 +92,7 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
         index = stack.enter_context(Index(target.state_dir / "index.db"))
         exclude = PathMatcher(target.exclude)
         _reconcile(root_fd, index, exclude)
-        remote = S3Remote(config.settings)
+        remote = S3Remote(config.settings, max_concurrency=TRANSFERS)
         crypt.preload()
         log.info("mounting '%s' at %s", target.name, target.path)
         with heap.settled():

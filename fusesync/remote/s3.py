@@ -157,6 +157,10 @@ class S3Remote:
     CPU in parts, 1.55 s so. The CRT holds such a body in memory whole, so it takes its
     size in part buffers: at most half of them."""
     part_size = 8 * MiB  # per uploaded part and per ranged GET (S3: at least 5 MiB)
+    part_buffers = 32
+    """Parts of multipart uploads held in memory across all uploads at once, with the
+    bodies of larger single PUTs counted in parts: 256 MiB at most, however many requests
+    are in flight."""
     transfer_concurrency = 4  # parts or ranges of one file in flight at once
     list_page_size = LIST_PAGE
 
@@ -195,9 +199,7 @@ class S3Remote:
         else:
             self._client = self._boto3_client()
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        # Parts of multipart uploads held in memory, across all uploads at once, and the
-        # bodies of larger single PUTs, counted in parts.
-        self._part_buffers = trio.Semaphore(max_concurrency)
+        self._part_buffers = trio.Semaphore(self.part_buffers)
         self._buffers_gathered = trio.Lock()
 
     def _boto3_session(self) -> Any:
@@ -540,7 +542,7 @@ class S3Remote:
     async def _buffers_for(self, size: int) -> AsyncIterator[None]:
         """Hold the part buffers a body of `size` bytes fills (all of them at most). One
         task gathers at a time: two half-way never wait on each other."""
-        wanted = min(size // self.part_size, self._max_concurrency)
+        wanted = min(size // self.part_size, self.part_buffers)
         held = 0
         try:
             if wanted:
