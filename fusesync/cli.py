@@ -22,7 +22,7 @@ from fusesync.index.lock import TargetLock
 
 if TYPE_CHECKING:
     from fusesync.crypt.passphrase import PassphraseSource
-    from fusesync.sync.head_start import Opened
+    from fusesync.sync.head_start import Looked, Opened
     from fusesync.sync.report import Report
 
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
@@ -273,7 +273,7 @@ def _run_sync(ctx: click.Context, verb: str, name: str, dry_run: bool, max_delet
 
 def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run: bool,
           max_delete: float, passphrase_file: Path | None, early: Opened) -> None:
-    from fusesync.sync.head_start import quiet_pull
+    from fusesync.sync.head_start import look_before_push, quiet_pull
 
     if verb == "push":
         click.echo(f" > Synchronizing directory '{target.path}' to {target.url}")
@@ -287,9 +287,15 @@ def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run
             shown.append(True)
 
     passphrase = terminal_source(passphrase_file, before=permissions)
-    report = quiet_pull(early, config.settings, target, dry_run) if verb == "pull" else None
+    looked = None
+    if verb == "pull":
+        report = quiet_pull(early, config.settings, target, dry_run)
+    else:
+        looked = look_before_push(early, config.settings, target, dry_run)
+        report = looked.report if looked.done else None
     if report is None:
-        report = _run_engine(config, target, verb, dry_run, max_delete, passphrase, early)
+        report = _run_engine(config, target, verb, dry_run, max_delete, passphrase, early,
+                             looked)
     permissions()
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
     for action in report.planned:
@@ -303,9 +309,10 @@ def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run
 
 
 def _run_engine(config: Config, target: Target, verb: str, dry_run: bool, max_delete: float,
-                passphrase: PassphraseSource, early: Opened) -> Report:
+                passphrase: PassphraseSource, early: Opened, looked: Looked | None
+                ) -> Report:
     # here, not at the top, and only once no mount runs it: list, add, remove, a forwarded
-    # push or pull and a pull with nothing new end sooner without them
+    # push or pull, and a push or pull with nothing to do end sooner without them
     import trio
 
     from fusesync.sync.session import open_engine
@@ -313,8 +320,9 @@ def _run_engine(config: Config, target: Target, verb: str, dry_run: bool, max_de
     async def go() -> Report:
         async with open_engine(config, target, verb, _progress(verb), passphrase,
                                early) as engine:
-            run = engine.push if verb == "push" else engine.pull
-            return await run(dry_run=dry_run, max_delete=max_delete)
+            if verb == "push":
+                return await engine.push(dry_run, max_delete, looked)
+            return await engine.pull(dry_run, max_delete)
 
     with heap.settled():
         return trio.run(go)

@@ -535,6 +535,71 @@ def test_a_pull_with_nothing_new_ends_on_its_early_answers(
     assert tree_of(two.home, SKIP) == tree_of(one.home, SKIP)
 
 
+def test_a_push_looks_at_the_tree_before_the_engine(
+    one: Cluster, two: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push scans and plans before trio and the engine are imported: with nothing to
+    send it ends there; with something, the engine goes on from that scan (the tree is
+    scanned once a run) and takes the manifest asked for meanwhile (asked once)."""
+    from awscrt import s3 as crt_s3
+
+    import fusesync.sync.engine as engine
+    import fusesync.sync.scan as scan
+    import fusesync.sync.session as session
+
+    engines: list[str] = []
+    scans: list[int] = []
+    sent: list[tuple[str, str]] = []
+    open_engine, scan_tree = session.open_engine, scan.scan_tree
+    make_request = crt_s3.S3Client.make_request
+
+    def counted_engine(*args: Any, **kwargs: Any) -> Any:
+        engines.append(args[2])  # the verb
+        return open_engine(*args, **kwargs)
+
+    def counted_scan(*args: Any, **kwargs: Any) -> Any:
+        scans.append(1)
+        return scan_tree(*args, **kwargs)
+
+    def counted_request(self: crt_s3.S3Client, **kwargs: Any) -> crt_s3.S3Request:
+        sent.append((kwargs["request"].method, kwargs["request"].path))
+        return make_request(self, **kwargs)
+
+    monkeypatch.setattr(session, "open_engine", counted_engine)
+    monkeypatch.setattr(scan, "scan_tree", counted_scan)
+    monkeypatch.setattr(engine, "scan_tree", counted_scan)
+    monkeypatch.setattr(crt_s3.S3Client, "make_request", counted_request)
+
+    def push(*args: str) -> tuple[bool, str]:
+        """(whether the engine ran, the output), after one scan of the tree"""
+        engines.clear()
+        scans.clear()
+        sent.clear()
+        output = one.push(*args).output
+        assert len(scans) == 1
+        return bool(engines), output
+
+    manifest = ("GET", f"/{one.bucket}/sync/tester/default.manifest")
+    populate(one.home)
+    ran, output = push()
+    assert ran and "uploaded" in output and sent.count(manifest) == 1
+    ran, output = push()
+    assert not ran and "0 uploaded (0 B), 0 deleted, 0 conflicts" in output and not sent
+    assert " > Synchronizing directory" in output and "Sync ... OK" in output
+    (one.home / "jobs" / "run.sh").write_text("#!/bin/sh\necho changed\n")
+    ran, output = push("--dry-run")
+    assert ran and "would upload: jobs/run.sh" in output and not sent
+    ran, output = push()
+    assert ran and "1 uploaded" in output and sent.count(manifest) == 1
+    assert not push()[0]
+    (one.home / "jobs" / "run.sh").unlink()  # a delete, and a folder emptied
+    ran, output = push("--max-delete", "100%")
+    assert ran and "1 deleted" in output
+    assert not push()[0]
+    two.pull("--max-delete", "100%")
+    assert tree_of(two.home, SKIP) == tree_of(one.home, SKIP)
+
+
 def test_a_folder_emptied_here_stays_on_the_other_cluster(one: Cluster, two: Cluster) -> None:
     """A folder the remote knew only from the file inside it: when that file is deleted
     here, push writes the folder's marker, or the other cluster's pull would take the

@@ -28,7 +28,6 @@ from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
 from fusesync.sync.engine import DEFAULT_CONCURRENCY, Status
 from fusesync.sync.guards import (
-    excluded,
     guard_deletes,
     guard_empty_remote,
     prepare_remote,
@@ -41,6 +40,7 @@ from fusesync.sync.plan import (
     REMOTE_MOVED,
     Action,
     Op,
+    excluded,
     keep_emptied,
     plan_pull,
     plan_push,

@@ -21,25 +21,23 @@ from fusesync.index import Index
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
 from fusesync.sync.guards import (
-    excluded,
     guard_deletes,
     guard_empty_remote,
     prepare_remote,
 )
+from fusesync.sync.head_start import Looked
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import (
-    EMPTIED_FOLDER,
-    MAYBE_LOCAL_CHANGE,
     REMOTE_MOVED,
     REMOTE_SIDE_COLUMNS,
     Action,
     Op,
     Side,
-    keep_emptied,
+    excluded,
     plan_pull,
-    plan_push,
+    planned_push,
     remote_side,
     sql_functions,
 )
@@ -156,16 +154,7 @@ class Engine:
     # -- plan ------------------------------------------------------------------------
 
     def plan_push(self, remote_listed: bool) -> list[Action]:
-        actions = []
-        # Without a listing only local changes matter: let SQLite skip the unchanged rows.
-        rows = self.index.rows() if remote_listed else self.index.rows(MAYBE_LOCAL_CHANGE)
-        for row in rows:
-            action = plan_push(row, remote_listed)
-            if action is not None and not excluded(self.exclude, row):
-                actions.append(action)
-        emptied = self.index.rows(EMPTIED_FOLDER)
-        actions += keep_emptied((r for r in emptied if not excluded(self.exclude, r)), actions)
-        return actions
+        return planned_push(self.index, self.exclude, remote_listed)
 
     def plan_pull(self) -> list[Action]:
         actions = []
@@ -180,9 +169,12 @@ class Engine:
 
     # -- verbs -----------------------------------------------------------------------
 
-    async def push(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE) -> Report:
-        report = Report("push", dry_run=dry_run)
-        scan = await self.scan_local()
+    async def push(self, dry_run: bool = False, max_delete: float = DEFAULT_MAX_DELETE,
+                   looked: Looked | None = None) -> Report:
+        """`looked`: the run's look at the tree so far (sync/head_start.py)."""
+        report = looked.report if looked is not None else Report("push", dry_run=dry_run)
+        scan = looked.scan if looked is not None and looked.scan is not None \
+            else await self.scan_local()
         report.skipped.extend(scan.skipped)
         actions = self.plan_push(remote_listed=False)
         actions += [a for a in self.sealing.unsealed(self.index, actions)

@@ -8,17 +8,10 @@ from collections.abc import Callable
 
 from fusesync.config import Target
 from fusesync.errors import SafetyStop
-from fusesync.index import Index, Row
+from fusesync.index import Index
 from fusesync.remote.base import Remote
-from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
-
-
-def excluded(exclude: PathMatcher, row: Row) -> bool:
-    """Whether the target's excludes cover this row, whichever side knows it as a dir."""
-    is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
-    return exclude.matches(row["path"], is_dir)
 
 
 def guard_empty_remote(listed_nothing: bool, index: Index, target: Target) -> None:

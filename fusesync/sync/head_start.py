@@ -1,4 +1,4 @@
-"""A pull's head start: its listing leaves before Python has imported the rest of the run.
+"""A run's head start: what a push or a pull does before Python imports trio and the engine.
 
 A pull with nothing new is one listing and the manifest asked for conditionally; what it
 waits for is the server (the listing of 5,000 keys, ~60 ms) and the import of trio and the
@@ -18,6 +18,10 @@ and no row waits for a change pulled earlier, the engine would do nothing: `quie
 says so from these answers alone, and trio and the engine are never imported. Anything
 else, or any doubt (an answer late, an error, a range longer than a page), and the
 engine runs as ever, taking the same answers.
+
+A push scans the tree and plans here (`look_before_push`): with nothing to send it is
+over; with something, the engine goes on from that scan, and the manifest, which the
+push reads back to merge its changes into, is asked for while trio is imported.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from fusesync.remote.crt import CrtClient
     from fusesync.sync.ranges import LastListing
     from fusesync.sync.report import Report
+    from fusesync.sync.scan import ScanResult
 
 TRANSFERS = 64
 """Requests in flight at once. Against SeaweedFS on 2 cores, 32 beat 16 by ~10%; 64 beat
@@ -105,11 +110,8 @@ def quiet_pull(early: Opened, settings: Settings, target: Target, dry_run: bool
     crt, last, ranges = early.crt, early.last, early.ranges
     if crt is None or last is None or ranges is None or early.index.meta("pull_running"):
         return None  # (a pull cut short: the engine looks at both sides)
-    try:
-        if not stat.S_ISDIR(os.stat(target.path).st_mode):
-            return None  # the engine says what is wrong with it
-    except OSError:
-        return None
+    if not _is_dir(target.path):
+        return None  # the engine says what is wrong with it
     from xml.etree.ElementTree import ParseError
 
     from fusesync.remote.shapes import conditions, list_page, list_query
@@ -153,6 +155,60 @@ def quiet_pull(early: Opened, settings: Settings, target: Target, dry_run: bool
     if not dry_run:
         early.index.prune()  # as the engine's pull ends
     return report.done()
+
+
+@dataclass
+class Looked:
+    """A push's look at the tree before trio is imported (`look_before_push`)."""
+
+    report: Report
+    """Begun with the look; the whole run's when there is nothing more to do (`done`)."""
+    scan: ScanResult | None = None
+    """The tree as scanned, for the engine to plan from (None: not scanned)."""
+    done: bool = False
+
+
+def look_before_push(early: Opened, settings: Settings, target: Target, dry_run: bool
+                     ) -> Looked:
+    """Scan the tree and plan the push as the engine would. Nothing to do: done, reported
+    as the engine would report it. Else the scan, for the engine to go on from, with the
+    manifest asked for already; none when the target's directory is not one to scan (the
+    engine says why)."""
+    from fusesync.sync.report import Report
+
+    report = Report("push", dry_run=dry_run)
+    if not _is_dir(target.path):
+        return Looked(report)
+    from fusesync.sync.localfs import Tree
+    from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher
+    from fusesync.sync.plan import planned_push
+    from fusesync.sync.scan import scan_tree
+
+    exclude = PathMatcher(target.exclude)
+    with Tree(target.path) as tree:
+        scan = scan_tree(tree.fd, early.index, exclude)
+    # The encrypt list changed since a push last looked at every row for files still
+    # plaintext on the remote (sync/sealed.py): the engine looks.
+    looked = early.index.meta(ENCRYPT_CHECKED) == "\n".join(target.encrypt)
+    if planned_push(early.index, exclude, remote_listed=False) or not looked:
+        # read back by the push's merge (Pusher), once the bucket is known to exist (else
+        # the push makes it first)
+        known = bool(early.index.meta("bucket_ok"))
+        early.crt = _light_client(settings) if known and not dry_run else None
+        if early.crt is not None:
+            early.crt.send_early("GET", settings.bucket, target.manifest_key, "GetObject")
+        return Looked(report, scan)
+    report.skipped.extend(scan.skipped)
+    if not dry_run:
+        early.index.prune()  # as the engine's push ends
+    return Looked(report.done(), done=True)
+
+
+def _is_dir(path: os.PathLike[str] | str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _light_client(settings: Settings) -> CrtClient | None:

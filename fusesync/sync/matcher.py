@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+ENCRYPT_CHECKED = "encrypt_checked"
+"""Index meta key: the encrypt list (its lines joined) as it stood at the last push that
+looked at every row for files still plaintext on the remote (sync/sealed.py)."""
+
 
 class PathMatcher:
     """Matches relative POSIX paths; directories are asked about with `is_dir=True`."""

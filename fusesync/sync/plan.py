@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from fusesync.index import Row
+from fusesync.index import Index, Row
+from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, local_sig, remote_sig
 
 
@@ -93,6 +94,27 @@ Needs `sql_functions` on the connection."""
 def sql_functions(conn: sqlite3.Connection) -> None:
     """Make the functions the SQL above calls known to `conn`."""
     conn.create_function("remote_sig", len(REMOTE_SIG_COLUMNS), remote_sig, deterministic=True)
+
+
+def excluded(exclude: PathMatcher, row: Row) -> bool:
+    """Whether the target's excludes cover this row, whichever side knows it as a dir."""
+    is_dir = Kind.DIR in (row["local_kind"], row["remote_kind"], row["base_kind"])
+    return exclude.matches(row["path"], is_dir)
+
+
+def planned_push(index: Index, exclude: PathMatcher, remote_listed: bool) -> list[Action]:
+    """What push does, row by row (`plan_push`), and the markers of folders emptied here
+    (`keep_emptied`), for the local state the index holds."""
+    actions = []
+    # Without a listing only local changes matter: let SQLite skip the unchanged rows.
+    rows = index.rows() if remote_listed else index.rows(MAYBE_LOCAL_CHANGE)
+    for row in rows:
+        action = plan_push(row, remote_listed)
+        if action is not None and not excluded(exclude, row):
+            actions.append(action)
+    emptied = index.rows(EMPTIED_FOLDER)
+    actions += keep_emptied((r for r in emptied if not excluded(exclude, r)), actions)
+    return actions
 
 
 def local_side(row: Row) -> Side:

@@ -41,7 +41,7 @@ from fusesync.errors import FusesyncError, IntegrityError, RemoteChanged, Source
 from fusesync.index import Index, Row
 from fusesync.remote.base import Attrs, Head, Remote
 from fusesync.sync.manifest import ManifestEntry
-from fusesync.sync.matcher import PathMatcher
+from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Report
@@ -50,7 +50,6 @@ from fusesync.sync.unlock import NoKey, Unlocker
 SMALL = 8 << 20
 """Objects up to this size are sealed or opened in memory, in one request."""
 
-_CHECKED_META = "encrypt_checked"  # index meta: the encrypt list of the last full look
 
 
 class Sealing:
@@ -96,7 +95,7 @@ class Sealing:
         the encrypt list covered them, or by a fusesync without encryption), so that push
         replaces it sealed. Every row is read, so this looks only when the list changed
         since the last look that left nothing behind (see `checked`)."""
-        if index.meta(_CHECKED_META) == self._patterns or not self.matcher:
+        if index.meta(ENCRYPT_CHECKED) == self._patterns or not self.matcher:
             return []
         planned_paths = {a.path for a in planned}
         rows = index.rows("local_kind = 'file' AND base_kind = 'file' AND remote_kind = 'file'"
@@ -111,11 +110,11 @@ class Sealing:
     def checked(self, index: Index, report: Report) -> None:
         """After a push: remember the list was looked at, unless some of what the look
         found was left behind (skipped or in conflict), so the next push looks again."""
-        if index.meta(_CHECKED_META) == self._patterns:
+        if index.meta(ENCRYPT_CHECKED) == self._patterns:
             return
         left = {path for path, _ in (*report.skipped, *report.conflicts)}
         if not any(a.path in left for a in self._unsealed) and not report.dry_run:
-            index.set_meta(_CHECKED_META, self._patterns)
+            index.set_meta(ENCRYPT_CHECKED, self._patterns)
 
     # -- admitting a run's actions -------------------------------------------------------
 
