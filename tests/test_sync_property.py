@@ -72,7 +72,7 @@ def test_random_trees_travel_and_change(  # type: ignore[no-untyped-def]
     """A tree pushed by one cluster is pulled whole by the other; replaced by another tree
     (files gone, new, changed, modes changed, files where folders were and folders where
     files were, empty folders come and gone), pushed and pulled again, the second cluster
-    holds exactly the new one."""
+    holds exactly the new one; pulled or pushed again, nothing moves."""
     one, two = _pair(tmp_path_factory.mktemp("trees"), fusesync_env)
     _write(one.home, first, first_folders)
     one.push()
@@ -81,6 +81,9 @@ def test_random_trees_travel_and_change(  # type: ignore[no-untyped-def]
     _write(one.home, then, then_folders)
     one.push("--max-delete", "100%")
     two.pull("--max-delete", "100%")
+    assert tree_of(two.home) == tree_of(one.home)
+    assert "   0 downloaded (0 B), 0 deleted, 0 conflicts" in two.pull().output
+    assert "   0 uploaded (0 B), 0 deleted, 0 conflicts" in one.push().output
     assert tree_of(two.home) == tree_of(one.home)
 
 
