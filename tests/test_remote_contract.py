@@ -14,7 +14,7 @@ import socket
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -204,6 +204,40 @@ async def test_conditional_get_bytes(remote: Remote) -> None:
         await remote.get_bytes("k", if_match=first)
     await remote.delete("k")
     assert await remote.get_bytes("k", if_none_match=second) is None
+
+
+async def test_a_get_asked_soon_is_taken_once_or_let_go(
+    remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`get_bytes_soon` sends the GET the next `get_bytes` of that object would send, and
+    that call takes its answer: one request in all (on the light path). Let go instead,
+    it leaves nothing behind: a later read asks again and sees the object as it is then,
+    not as it was when the request left; and so does a read that names another version."""
+    from awscrt import s3 as crt_s3
+
+    sent: list[str] = []
+    make_request = crt_s3.S3Client.make_request
+
+    def counted(self: crt_s3.S3Client, **kwargs: Any) -> crt_s3.S3Request:
+        sent.append(kwargs["request"].method)
+        return make_request(self, **kwargs)
+
+    monkeypatch.setattr(crt_s3.S3Client, "make_request", counted)
+    light = s3_remote_of(remote)._crt is not None
+    first = await remote.put_bytes("k", b"one")
+    sent.clear()
+    let_go = remote.get_bytes_soon("k", if_match=first)
+    assert await remote.get_bytes("k", if_match=first) == (b"one", first)
+    let_go()
+    assert sent == (["GET"] if light else [])
+    remote.get_bytes_soon("k")()  # asked, then let go
+    second = await remote.put_bytes("k", b"two")
+    assert await remote.get_bytes("k") == (b"two", second)
+    let_go = remote.get_bytes_soon("k", if_match=first)  # a version it no longer is
+    assert await remote.get_bytes("k", if_match=second) == (b"two", second)
+    with pytest.raises(RemoteChanged):
+        await remote.get_bytes("k", if_match=first)
+    let_go()
 
 
 async def test_upload_file_small(remote: Remote, tmp_path: Path) -> None:

@@ -181,29 +181,51 @@ class Fetcher:
         self.on_fetched: Callable[[int], None] | None = None  # told each new file's size
         self.small = SMALL_FETCH  # objects up to this size: one whole GET
 
-    def start(self, node: Node, row: Row, dir_fd: int, name: str) -> Fetch:
-        """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once."""
+    def ask_soon(self, row: Row) -> Callable[[], None]:
+        """For an object `start` will fetch in one GET: send that GET now, before the
+        folder and the temporary file are made and the open is answered (a cold `cat` of
+        small files waited for the whole open first); returns what lets it go unless the
+        fetch took it (`start` takes that on)."""
+        if row["remote_enc"] or (row["remote_size"] or 0) > self.small:
+            return _nothing
+        return self.remote.get_bytes_soon(self._key(row), if_match=row["remote_etag"])
+
+    def start(self, node: Node, row: Row, dir_fd: int, name: str,
+              asked: Callable[[], None] | None = None) -> Fetch:
+        """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once.
+        `asked`: from `ask_soon`, let go once the fetch is over (or could not begin)."""
         running = self.active.get(node)
         if running is not None:
+            if asked is not None:
+                asked()
             return running
-        if row["remote_enc"] and (self.sealing is None or not self.sealing.can_try):
-            why = self.sealing.refused if self.sealing and self.sealing.refused else (
-                "the mount has no passphrase (mount with FUSESYNC_PASSPHRASE or "
-                "--passphrase-file)")
-            log.warning("cannot open '%s': it is encrypted and %s", row["path"], why)
-            raise FetchFailed(f"'{row['path']}' is encrypted: {why}", errno.EACCES)
-        tmp = temporary_name(name)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
+        try:
+            if row["remote_enc"] and (self.sealing is None or not self.sealing.can_try):
+                why = self.sealing.refused if self.sealing and self.sealing.refused else (
+                    "the mount has no passphrase (mount with FUSESYNC_PASSPHRASE or "
+                    "--passphrase-file)")
+                log.warning("cannot open '%s': it is encrypted and %s", row["path"], why)
+                raise FetchFailed(f"'{row['path']}' is encrypted: {why}", errno.EACCES)
+            tmp = temporary_name(name)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dir_fd)
+        except BaseException:
+            if asked is not None:
+                asked()
+            raise
         fetch = Fetch(row["path"], row["remote_size"] or 0, os.dup(dir_fd), tmp, fd)
         self.active[node] = fetch
-        self.nursery.start_soon(self._run, node, fetch, row, name)
+        self.nursery.start_soon(self._run, node, fetch, row, name, asked or _nothing)
         return fetch
 
-    async def _run(self, node: Node, fetch: Fetch, row: Row, name: str) -> None:
+    def _key(self, row: Row) -> str:
+        return f"{self.prefix}{row['remote_from'] or row['path']}"  # moved: its old path
+
+    async def _run(self, node: Node, fetch: Fetch, row: Row, name: str,
+                   asked: Callable[[], None]) -> None:
         placed = False
         try:
-            key = self.prefix + (row["remote_from"] or row["path"])  # moved: its old path
+            key = self._key(row)
             if row["remote_enc"] and self.sealing is not None:  # decrypted chunk by chunk
                 await self.sealing.open_into(row, functools.partial(_arrive, fetch))
             elif fetch.size <= self.small:  # one GET on the light path, no transfer thread
@@ -238,6 +260,7 @@ class Fetcher:
                       exc_info=None if expected else exc)
             fetch.error = FetchFailed(f"cannot fetch '{fetch.path}': {message}", code)
         finally:
+            asked()  # taken by the GET above, or let go
             if not placed:
                 with contextlib.suppress(OSError):
                     os.unlink(fetch.tmp, dir_fd=fetch.dir_fd)
@@ -248,6 +271,10 @@ class Fetcher:
             self.active.pop(node, None)
             fetch.done.set()
             fetch.wake()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:

@@ -455,8 +455,13 @@ class View:
         if self.fetcher is None:
             raise FetchFailed(f"cannot fetch '{row['path']}': the remote is not connected")
         assert node.parent is not None
-        parent_fd = self.local_dir(node.parent)
-        return self.fetcher.start(node, row, parent_fd, node.name)
+        asked = self.fetcher.ask_soon(row)
+        try:
+            parent_fd = self.local_dir(node.parent)
+        except BaseException:
+            asked()
+            raise
+        return self.fetcher.start(node, row, parent_fd, node.name, asked)
 
     async def materialize_tree(self, node: Node) -> None:
         """Make `node` and every remote-only entry below it local (before an exchange)."""

@@ -172,6 +172,13 @@ class Remote(Protocol):
         when `if_match` is given and the object is no longer that version, RemoteUnchanged
         when `if_none_match` is given and the object is still that version."""
 
+    def get_bytes_soon(self, key: str, *, if_match: str | None = None) -> Callable[[], None]:
+        """Send the request of `get_bytes(key, if_match=...)` now, so that call, made
+        next, takes its answer (a fetch on open asks before it makes its temporary file);
+        returns what lets the answer go unless that call took it (always call it once
+        done). A remote with nothing to gain from it sends nothing."""
+        ...
+
     async def put_bytes(
         self,
         key: str,

@@ -235,6 +235,13 @@ class CrtClient:
         pending = self._start(operation, request, answer)
         self._early[_signature(method, bucket, key, query, headers)] = answer, pending
 
+    def drop_early(self, method: str, bucket: str, key: str, *,
+                   headers: Mapping[str, str] | None = None, query: str = "") -> None:
+        """Let a request `send_early` sent go, unless `send` took it already."""
+        early = self._early.pop(_signature(method, bucket, key, query, headers), None)
+        if early is not None:
+            early[1].cancel()
+
     def early_reply(
         self,
         method: str,

@@ -172,6 +172,9 @@ class FaultyRemote:
         self._exit("get_bytes")
         return result
 
+    def get_bytes_soon(self, key: str, *, if_match: str | None = None) -> Callable[[], None]:
+        return self.inner.get_bytes_soon(key, if_match=if_match)
+
     async def put_bytes(
         self,
         key: str,

@@ -418,6 +418,15 @@ class S3Remote:
         except RemoteNotFound:
             return None
 
+    def get_bytes_soon(self, key: str, *, if_match: str | None = None) -> Callable[[], None]:
+        """On the light path, the request leaves now on the CRT's threads (`send_early`)."""
+        crt = self._crt
+        if crt is None:
+            return _nothing
+        headers = conditions(if_match, None)
+        crt.send_early("GET", self.bucket, key, "GetObject", headers=headers)
+        return functools.partial(crt.drop_early, "GET", self.bucket, key, headers=headers)
+
     async def download_file(
         self,
         key: str,
@@ -625,6 +634,10 @@ class S3Remote:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _nothing() -> None:
+    pass
 
 
 def _head(key: str, resp: Mapping[str, Any]) -> Head:
