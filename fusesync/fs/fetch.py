@@ -209,11 +209,17 @@ class Fetcher:
             tmp = temporary_name(name)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dir_fd)
+            try:
+                fetch = Fetch(row["path"], row["remote_size"] or 0, os.dup(dir_fd), tmp, fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise
         except BaseException:
             if asked is not None:
                 asked()
             raise
-        fetch = Fetch(row["path"], row["remote_size"] or 0, os.dup(dir_fd), tmp, fd)
         self.active[node] = fetch
         self.nursery.start_soon(self._run, node, fetch, row, name, asked or _nothing)
         return fetch
