@@ -155,7 +155,7 @@ class S3Remote:
     A multipart upload hashes every part, and the whole file again to catch a change: the
     bench's push of everything (three files of 64 MiB among 5,000 small) took 2.3 s of
     CPU in parts, 1.55 s so. The CRT holds such a body in memory whole, so it takes its
-    size in part buffers: at most half of them."""
+    size in part buffers (a 64 MiB body: 8 of the 32)."""
     part_size = 8 * MiB  # per uploaded part and per ranged GET (S3: at least 5 MiB)
     part_buffers = 32
     """Parts of multipart uploads held in memory across all uploads at once, with the
