@@ -26,7 +26,7 @@ from fusesync.fs.dirs import RENAME_NOREPLACE, renameat2
 from fusesync.fs.journal import Journal
 from fusesync.fs.nodes import Node
 from fusesync.index import Row
-from fusesync.remote.base import Remote
+from fusesync.remote.base import Remote, asked_nothing
 from fusesync.sync.localfs import local_ids, temporary_name
 from fusesync.sync.model import SPECIAL_BITS
 from fusesync.sync.pull import remote_mtime_ns, remote_owner
@@ -187,17 +187,16 @@ class Fetcher:
         small files waited for the whole open first); returns what lets it go unless the
         fetch took it (`start` takes that on)."""
         if row["remote_enc"] or (row["remote_size"] or 0) > self.small:
-            return _nothing
+            return asked_nothing
         return self.remote.get_bytes_soon(self._key(row), if_match=row["remote_etag"])
 
     def start(self, node: Node, row: Row, dir_fd: int, name: str,
-              asked: Callable[[], None] | None = None) -> Fetch:
+              asked: Callable[[], None] = asked_nothing) -> Fetch:
         """Begin fetching `row` into `name` inside directory `dir_fd`; returns at once.
         `asked`: from `ask_soon`, let go once the fetch is over (or could not begin)."""
         running = self.active.get(node)
         if running is not None:
-            if asked is not None:
-                asked()
+            asked()
             return running
         try:
             if row["remote_enc"] and (self.sealing is None or not self.sealing.can_try):
@@ -217,11 +216,10 @@ class Fetcher:
                     os.unlink(tmp, dir_fd=dir_fd)
                 raise
         except BaseException:
-            if asked is not None:
-                asked()
+            asked()
             raise
         self.active[node] = fetch
-        self.nursery.start_soon(self._run, node, fetch, row, name, asked or _nothing)
+        self.nursery.start_soon(self._run, node, fetch, row, name, asked)
         return fetch
 
     def _key(self, row: Row) -> str:
@@ -277,10 +275,6 @@ class Fetcher:
             self.active.pop(node, None)
             fetch.done.set()
             fetch.wake()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:

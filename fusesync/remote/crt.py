@@ -213,7 +213,7 @@ class CrtClient:
             raise EndpointConnectionError(
                 endpoint_url=f"{host}{target}", error=f"{exc.name}: {exc.message}"
             ) from exc
-        return Reply(answer.status, _lower(answer.headers), b"".join(answer.chunks))
+        return answer.reply()
 
     def send_early(
         self,
@@ -264,7 +264,7 @@ class CrtClient:
             return None
         error = pending.finished_future.exception()
         if error is None:
-            return Reply(answer.status, _lower(answer.headers), b"".join(answer.chunks))
+            return answer.reply()
         if isinstance(error, crt_s3.S3ResponseError):
             return Reply(error.status_code, _lower(error.headers), error.body or b"")
         return None
@@ -343,6 +343,10 @@ class _Answer:
         _keep_thread_state()
         self.chunks.append(bytes(chunk))
         self.moved = time.monotonic()
+
+    def reply(self) -> Reply:
+        """The answer as told, once it is over."""
+        return Reply(self.status, _lower(self.headers), b"".join(self.chunks))
 
     def on_done(self, **_: Any) -> None:
         _keep_thread_state()

@@ -42,7 +42,7 @@ from fusesync.errors import (
     RemoteUnchanged,
     SourceChanged,
 )
-from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile
+from fusesync.remote.base import Attrs, Head, Listed, Progress, WritableFile, asked_nothing
 from fusesync.remote.crt import CrtClient, Reply
 from fusesync.remote.shapes import (
     LIST_PAGE,
@@ -397,9 +397,6 @@ class S3Remote:
         self, key: str, *, if_match: str | None = None, if_none_match: str | None = None
     ) -> tuple[bytes, str] | None:
         """GET a small object whole; None when it does not exist."""
-        args = {"IfMatch": quote_etag(if_match)} if if_match else {}
-        if if_none_match:
-            args["IfNoneMatch"] = quote_etag(if_none_match)
         if self._crt is not None:
             try:
                 reply = await self._send(self._crt, "GET", key, "GetObject",
@@ -407,6 +404,9 @@ class S3Remote:
             except RemoteNotFound:
                 return None
             return reply.body, unquote_etag(reply.headers.get("etag"))
+        args = {"IfMatch": quote_etag(if_match)} if if_match else {}
+        if if_none_match:
+            args["IfNoneMatch"] = quote_etag(if_none_match)
 
         def fetch() -> tuple[bytes, str]:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
@@ -422,7 +422,7 @@ class S3Remote:
         """On the light path, the request leaves now on the CRT's threads (`send_early`)."""
         crt = self._crt
         if crt is None:
-            return _nothing
+            return asked_nothing
         headers = conditions(if_match, None)
         crt.send_early("GET", self.bucket, key, "GetObject", headers=headers)
         return functools.partial(crt.drop_early, "GET", self.bucket, key, headers=headers)
@@ -634,10 +634,6 @@ class S3Remote:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _nothing() -> None:
-    pass
 
 
 def _head(key: str, resp: Mapping[str, Any]) -> Head:

@@ -173,10 +173,12 @@ class Engine:
                    looked: Looked | None = None) -> Report:
         """`looked`: the run's look at the tree so far (sync/head_start.py)."""
         report = looked.report if looked is not None else Report("push", dry_run=dry_run)
-        scan = looked.scan if looked is not None and looked.scan is not None \
-            else await self.scan_local()
+        if looked is not None and looked.scan is not None and looked.actions is not None:
+            scan, actions = looked.scan, looked.actions
+        else:
+            scan = await self.scan_local()
+            actions = self.plan_push(remote_listed=False)
         report.skipped.extend(scan.skipped)
-        actions = self.plan_push(remote_listed=False)
         actions += [a for a in self.sealing.unsealed(self.index, actions)
                     if a.row is not None and not excluded(self.exclude, a.row)]
         guard_deletes(actions, Op.DELETE_REMOTE, max_delete, self._synced_files)

@@ -39,6 +39,7 @@ from fusesync.index import Index, TargetLock
 
 if TYPE_CHECKING:
     from fusesync.remote.crt import CrtClient
+    from fusesync.sync.plan import Action
     from fusesync.sync.ranges import LastListing
     from fusesync.sync.report import Report
     from fusesync.sync.scan import ScanResult
@@ -164,7 +165,9 @@ class Looked:
     report: Report
     """Begun with the look; the whole run's when there is nothing more to do (`done`)."""
     scan: ScanResult | None = None
-    """The tree as scanned, for the engine to plan from (None: not scanned)."""
+    """The tree as scanned, for the engine to go on from (None: not scanned)."""
+    actions: list[Action] | None = None
+    """The push planned from that scan (`plan.planned_push`)."""
     done: bool = False
 
 
@@ -190,14 +193,15 @@ def look_before_push(early: Opened, settings: Settings, target: Target, dry_run:
     # The encrypt list changed since a push last looked at every row for files still
     # plaintext on the remote (sync/sealed.py): the engine looks.
     looked = early.index.meta(ENCRYPT_CHECKED) == "\n".join(target.encrypt)
-    if planned_push(early.index, exclude, remote_listed=False) or not looked:
+    actions = planned_push(early.index, exclude, remote_listed=False)
+    if actions or not looked:
         # read back by the push's merge (Pusher), once the bucket is known to exist (else
         # the push makes it first)
         known = bool(early.index.meta("bucket_ok"))
         early.crt = _light_client(settings) if known and not dry_run else None
         if early.crt is not None:
             early.crt.send_early("GET", settings.bucket, target.manifest_key, "GetObject")
-        return Looked(report, scan)
+        return Looked(report, scan, actions)
     report.skipped.extend(scan.skipped)
     if not dry_run:
         early.index.prune()  # as the engine's push ends
