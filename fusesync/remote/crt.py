@@ -154,7 +154,7 @@ class CrtClient:
         done = trio.Event()
         notices = self._notices
         if notices is None or notices.token is not token:  # a new run
-            notices = self._notices = _Notices(token)
+            notices = self._notices = _Notices(token, self.idle_timeout)
         notify = functools.partial(notices.tell, done.set)
 
         early = None
@@ -164,40 +164,41 @@ class CrtClient:
         if early is not None:
             answer, pending = early
             answer.notify = notify
-            if answer.finished.is_set():  # (else its on_done calls notify)
+            if answer.over:  # (else its on_done calls notify)
                 done.set()
         else:
             answer = _Answer(notify)
             request, length = _request(method, host, target, headers, body)
+            on_progress = None  # bytes sent: only an upload needs telling (a download
+            if body is not None or send_path is not None:  # moves with each on_body)
 
-            def on_progress(progress: int) -> None:
-                answer.moved = time.monotonic()
-                if sent is not None:
-                    _keep_thread_state()
-                    with contextlib.suppress(trio.RunFinishedError):
-                        token.run_sync_soon(sent, progress)
+                def on_progress(progress: int) -> None:
+                    answer.moved = time.monotonic()
+                    if sent is not None:
+                        _keep_thread_state()
+                        with contextlib.suppress(trio.RunFinishedError):
+                            token.run_sync_soon(sent, progress)
 
             try:
-                # bytes sent: only an upload needs telling, a download has on_body
-                pending = self._start(operation, request, answer, send_path,
-                                      on_progress if body or send_path else None)
+                pending = self._start(operation, request, answer, send_path, on_progress)
             except RuntimeError as exc:  # the CRT opens `send_path` before anything is sent
                 if send_path is not None and "AWS_ERROR_FILE_INVALID_PATH" in str(exc):
                     raise FileNotFoundError(errno.ENOENT, "No such file", send_path) from None
                 raise
         allowed = self.idle_timeout + length / self.slowest_upload
+        notices.watch(answer, done, allowed)
         try:
-            while not done.is_set():
-                with trio.move_on_after(allowed):
-                    await done.wait()
-                if not done.is_set() and time.monotonic() - answer.moved >= allowed:
-                    raise ReadTimeoutError(
-                        endpoint_url=f"{host}{target}",
-                        error=f"nothing moved for {allowed:.0f} s",
-                    )
+            await done.wait()
+            if answer.stalled:
+                raise ReadTimeoutError(
+                    endpoint_url=f"{host}{target}",
+                    error=f"nothing moved for {allowed:.0f} s",
+                )
         except BaseException:
             pending.cancel()
             raise
+        finally:
+            notices.unwatch(answer)
         try:
             pending.finished_future.result()
         except crt_s3.S3ResponseError as exc:
@@ -231,7 +232,7 @@ class CrtClient:
         with the client."""
         host, target = self._target(bucket, key, query)
         request, _ = _request(method, host, target, headers, None)
-        answer = _Answer(None)
+        answer = _Answer(None, early=True)
         pending = self._start(operation, request, answer)
         self._early[_signature(method, bucket, key, query, headers)] = answer, pending
 
@@ -260,6 +261,7 @@ class CrtClient:
         if early is None:
             return None
         answer, pending = early
+        assert answer.finished is not None, "an early answer can be waited for"
         if not answer.finished.wait(timeout):
             return None
         error = pending.finished_future.exception()
@@ -293,13 +295,50 @@ class _Notices:
     waiting for it again around the write while the trio thread, woken for each byte,
     did the same around its read: 10,000 such handoffs for a pull of 5,000 small files.
     Here the CRT's thread only appends to a queue, and wakes trio only when no wakeup is
-    already on its way; trio then runs every notice queued by then."""
+    already on its way; trio then runs every notice queued by then.
 
-    def __init__(self, token: Any) -> None:
+    It also watches the run's requests for one that stalls: a timeout per request (a
+    cancel scope entered and left around each wait) cost a pull of 5,000 small files
+    more of the trio thread's time than anything else it did per file but the CRT's own
+    call; one task looks at every request in flight a few times per idle timeout."""
+
+    def __init__(self, token: Any, idle_timeout: float) -> None:
         self.token = token
         self._queued: collections.deque[Callable[[], None]] = collections.deque()
         self._lock = threading.Lock()
         self._woken = False
+        self._watched: dict[_Answer, tuple[Any, float]] = {}  # answer: (its trio.Event, allowed)
+        self._tick = min(1.0, idle_timeout / 4)
+        self._watching: Any = None  # a trio.Event the watcher waits on while none is in flight
+
+    def watch(self, answer: _Answer, done: Any, allowed: float) -> None:
+        """Set `done` and `answer.stalled` if nothing moves for `allowed` seconds (trio's
+        thread, inside the run)."""
+        import trio
+
+        if self._watching is None:
+            self._watching = trio.Event()
+            trio.lowlevel.spawn_system_task(self._watch, name="fusesync: stalled requests")
+        self._watched[answer] = done, allowed
+        self._watching.set()
+
+    def unwatch(self, answer: _Answer) -> None:
+        self._watched.pop(answer, None)
+
+    async def _watch(self) -> None:
+        import trio
+
+        while True:
+            if not self._watched:
+                self._watching = trio.Event()
+                await self._watching.wait()
+            await trio.sleep(self._tick)
+            now = time.monotonic()
+            for answer, (done, allowed) in list(self._watched.items()):
+                if not answer.over and now - answer.moved >= allowed:
+                    answer.stalled = True
+                    del self._watched[answer]
+                    done.set()
 
     def tell(self, notice: Callable[[], None]) -> None:
         """Have `notice` run in trio's thread soon (from any thread)."""
@@ -324,15 +363,21 @@ class _Notices:
 class _Answer:
     """What the CRT's threads tell of one request: its status, headers and body, when a
     byte last went either way, and that it is over (`notify` is then called, from the
-    CRT's thread)."""
+    CRT's thread). An early one (`send_early`) can be waited for from any thread
+    (`finished`)."""
 
-    def __init__(self, notify: Callable[[], None] | None) -> None:
+    __slots__ = ("chunks", "finished", "headers", "moved", "notify", "over", "stalled",
+                 "status")
+
+    def __init__(self, notify: Callable[[], None] | None, *, early: bool = False) -> None:
         self.notify = notify
         self.status = 0
         self.headers: Sequence[tuple[str, str]] = ()
         self.chunks: list[bytes] = []
         self.moved = time.monotonic()
-        self.finished = threading.Event()
+        self.over = False
+        self.stalled = False  # given up: nothing moved for longer than allowed
+        self.finished = threading.Event() if early else None
 
     def on_headers(self, status_code: int, headers: Sequence[tuple[str, str]], **_: Any) -> None:
         _keep_thread_state()
@@ -350,7 +395,9 @@ class _Answer:
 
     def on_done(self, **_: Any) -> None:
         _keep_thread_state()
-        self.finished.set()
+        self.over = True
+        if self.finished is not None:
+            self.finished.set()
         notify = self.notify
         if notify is not None:
             notify()
