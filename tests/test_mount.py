@@ -333,3 +333,33 @@ def test_pushes_through_the_mount_merge_the_manifest_another_cluster_wrote(
         mounted_run(two, "push")
         assert {"first.txt", "from-two.txt", "from-one.txt", "again.txt"} <= manifest()
     assert_clean_log(two)
+
+
+def test_a_pull_right_after_mounting_takes_the_listing_begun_at_mount(
+    one: Cluster, two: Cluster
+) -> None:
+    """A first login mounts and then pulls: the daemon lists the remote as it starts,
+    and that pull records this listing rather than listing again; but not once the
+    manifest moved since (a push from another cluster) or the daemon pushed itself."""
+    populate_remote(one)
+    log = two.state / "default" / "mount.log"
+    listed, held = "listed the remote for the first pull", "the listing begun at mount"
+    with mounted(two.home, two.env):
+        assert "0 downloaded" in mounted_run(two, "pull")
+        assert sorted(os.listdir(two.home)) == ["big.bin", "docs", "link", "script.sh"]
+        assert log.read_text().count(held) == 1
+    with mounted(two.home, two.env):
+        wait_until(lambda: log.read_text().count(listed) == 2, 10, "the mount's listing")
+        (one.home / "added.txt").write_text("pushed after that listing")
+        one.push()
+        mounted_run(two, "pull")
+        assert (two.home / "added.txt").read_text() == "pushed after that listing"
+        assert log.read_text().count(held) == 1  # the manifest moved: listed anew
+    with mounted(two.home, two.env):
+        (two.home / "mine.txt").write_text("pushed through the mount")
+        mounted_run(two, "push")
+        assert "0 downloaded" in mounted_run(two, "pull")
+        assert log.read_text().count(held) == 1  # the daemon pushed: listed anew
+        assert sorted(os.listdir(two.home)) == ["added.txt", "big.bin", "docs", "link",
+                                                "mine.txt", "script.sh"]
+    assert_clean_log(two)

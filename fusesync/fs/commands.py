@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import click
 
 from fusesync.crypt.cli import passphrase_option
 from fusesync.crypt.passphrase import PassphraseSource, given_passphrase
-from fusesync.errors import FusesyncError, UsageError, first_leaf
+from fusesync.errors import BusyError, FusesyncError, UsageError, first_leaf
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _WAIT_FOR_DAEMON = 60.0  # seconds unmount waits for the daemon to finish its flush
@@ -68,17 +69,28 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
     visible on the remote.
     """
     from fusesync.cli import load_config
-    from fusesync.fs import daemon
 
     config = load_config(ctx)
     target = config.target(name)
     given, origin = given_passphrase(passphrase_file)
     passphrase = PassphraseSource(given, origin) if given is not None else None
-    options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase)
     mounted = f"'{target.name}' mounted at '{target.path}'"
 
     def start(say: Callable[[str], None], ready: Callable[[], None]) -> None:
-        daemon.run(config, target, options, say, ready)
+        # In the process that serves the mount (the CRT's threads do not survive a fork):
+        # the target locked, its index open and its listing's first requests sent before
+        # the daemon's imports (pyfuse3, trio: ~0.2 s), which they overlap.
+        from fusesync.sync.head_start import opened
+
+        with ExitStack() as stack:
+            try:
+                early = stack.enter_context(opened(config.settings, target, "mount"))
+            except BusyError as exc:
+                raise BusyError(f"'{target.name}' is already mounted or busy ({exc})") from None
+            from fusesync.fs import daemon
+
+            options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase)
+            daemon.run(config, target, options, say, ready, early)
 
     if foreground:
         def say(message: str) -> None:

@@ -1,7 +1,8 @@
 """The mount daemon: one target's FUSE mount from start to clean exit.
 
-Order matters: take the target's lock, clean a stale mount, open the directory's
-descriptor and the index, reconcile by a scan, and only then mount over the same path.
+Order matters: take the target's lock and open its index (the caller does, sending the
+listing's first requests: sync/head_start.py), clean a stale mount, open the directory's
+descriptor, reconcile by a scan, and only then mount over the same path.
 Everything the daemon needs later is imported and opened before the mount exists, so it
 never reaches through its own mount (that would deadlock). It exits on unmount, SIGTERM
 or SIGINT, closing in reverse order.
@@ -25,7 +26,7 @@ import trio
 from fusesync import crypt, heap
 from fusesync.config import Config, Target
 from fusesync.crypt.passphrase import PassphraseSource
-from fusesync.errors import BusyError, FusesyncError
+from fusesync.errors import FusesyncError
 from fusesync.fs import control, mountsync
 from fusesync.fs.adapter import Adapter
 from fusesync.fs.cache import Evictor
@@ -33,9 +34,10 @@ from fusesync.fs.fetch import Fetcher
 from fusesync.fs.journal import Journal
 from fusesync.fs.mounts import MountState, is_stale, lazy_unmount, mount_state
 from fusesync.fs.overlay import Overlay
-from fusesync.index import Index, TargetLock
+from fusesync.index import Index
+from fusesync.remote.crt import CrtClient
 from fusesync.remote.s3 import S3Remote
-from fusesync.sync.head_start import TRANSFERS
+from fusesync.sync.head_start import TRANSFERS, Opened
 from fusesync.sync.localfs import Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import scan_tree
@@ -66,9 +68,10 @@ Say = Callable[[str], None]
 
 
 def run(config: Config, target: Target, options: MountOptions, say: Say,
-        ready: Callable[[], None]) -> None:
-    """Mount `target` and serve it until it is unmounted. Blocks; raises FusesyncError
-    (before `ready` is called) when the mount cannot start."""
+        ready: Callable[[], None], early: Opened) -> None:
+    """Mount `target`, locked with its index open (`early`), and serve it until it is
+    unmounted. Blocks; raises FusesyncError (before `ready` is called) when the mount
+    cannot start."""
     os.umask(0o077)
     os.chdir("/")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -79,24 +82,19 @@ def run(config: Config, target: Target, options: MountOptions, say: Say,
             "--allow-other needs 'user_allow_other' in /etc/fuse.conf for a user other than "
             "root: ask an administrator to add that line, or mount without --allow-other")
     with ExitStack() as stack:
-        lock = TargetLock(target.state_dir, target.name, "mount")
-        try:
-            lock.acquire()
-        except BusyError as exc:
-            raise BusyError(f"'{target.name}' is already mounted or busy ({exc})") from None
-        stack.callback(lock.release)
         _clean_stale(target.path, say)
         root_fd = _open_root(target.path)
         stack.callback(os.close, root_fd)
         stack.enter_context(_logging(target.state_dir / LOG_NAME))
-        index = stack.enter_context(Index(target.state_dir / "index.db"))
+        index = early.index
         exclude = PathMatcher(target.exclude)
         _reconcile(root_fd, index, exclude)
-        remote = S3Remote(config.settings, max_concurrency=TRANSFERS)
+        remote = S3Remote(config.settings, max_concurrency=TRANSFERS, crt=early.crt)
         crypt.preload()
         log.info("mounting '%s' at %s", target.name, target.path)
         with heap.settled():
-            trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready)
+            trio.run(_serve, config, target, options, root_fd, index, remote, exclude, ready,
+                     early.crt)
         log.info("unmounted '%s'", target.name)
 
 
@@ -194,7 +192,7 @@ async def _prepare(remote: S3Remote) -> None:
 
 async def _serve(config: Config, target: Target, options: MountOptions, root_fd: int,
                  index: Index, remote: S3Remote, exclude: PathMatcher,
-                 ready: Callable[[], None]) -> None:
+                 ready: Callable[[], None], early: CrtClient | None) -> None:
     journal = Journal(index)
     sealing = Sealing(target, remote, options.passphrase)
     if target.encrypt or options.passphrase is not None:
@@ -224,6 +222,7 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
                         fetcher.on_fetched = evictor.poke
                         nursery.start_soon(evictor.run)
                     ready()
+                    nursery.start_soon(_warm_listing, service, early)
                     nursery.start_soon(_prepare, remote)
 
                 nursery.start_soon(_signals)
@@ -238,6 +237,16 @@ async def _serve(config: Config, target: Target, options: MountOptions, root_fd:
     finally:
         with trio.CancelScope(shield=True):
             await remote.aclose()
+
+
+async def _warm_listing(service: mountsync.MountService, early: CrtClient | None) -> None:
+    """The listing a pull right after mounting takes (taking, in turn, the answers to the
+    requests sent before the daemon's imports); what it left untaken then goes."""
+    try:
+        await service.warm_listing()
+    finally:
+        if early is not None:
+            early.drop_all_early()
 
 
 async def _finish_fetches(fetcher: Fetcher) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import FusesyncError
+from fusesync.errors import FusesyncError, RemoteUnchanged
 from fusesync.fs import moves, output
 from fusesync.fs.journal import Journal, is_remote_entry
 from fusesync.fs.overlay import Overlay
@@ -48,7 +50,8 @@ from fusesync.sync.plan import (
 )
 from fusesync.sync.pull import Puller, local_version
 from fusesync.sync.push import ManifestCache, Pusher
-from fusesync.sync.remote_scan import scan_remote
+from fusesync.sync.ranges import last_listing
+from fusesync.sync.remote_scan import RemoteScan, list_remote, record_remote, scan_remote
 from fusesync.sync.report import NoProgress, Report
 from fusesync.sync.scan import LOCAL_COLUMNS, md5_file, md5_text
 from fusesync.sync.sealed import Sealing
@@ -58,6 +61,25 @@ NEVER_FETCHED = "local_kind IS NULL AND base_kind IS NULL AND dirty = 0"
 no base (an evicted file keeps the base it was fetched at)."""
 
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
+Listed = tuple[dict[str, tuple[Any, ...]] | None, RemoteScan]
+log = logging.getLogger("fusesync.mount")
+
+WARM_FOR = 5.0
+"""Seconds the listing a mount begins with stays good for the first pull. A first login
+mounts and then pulls at once (packaging/profile.d): the listing, asked for while the
+mount starts, is then ready or under way when the pull comes. The pull still asks
+whether the manifest is the version that listing saw (one small request): a push from
+another cluster since then makes it list anew."""
+
+
+@dataclasses.dataclass
+class WarmListing:
+    """The remote's listing as the mount began: what `list_remote` answered (None: it
+    failed, and the pull lists anew to say why), and when it was asked for."""
+
+    asked: float = dataclasses.field(default_factory=time.monotonic)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    listed: Listed | None = None
 
 
 class MountService:
@@ -81,10 +103,57 @@ class MountService:
         # the manifest as this daemon last wrote it: a push after one change then costs no
         # fetch and decode of every path's entry, and encodes only the shards it touches
         self.manifest = ManifestCache()
+        self._warm: WarmListing | None = None
+
+    async def warm_listing(self) -> None:
+        """List the remote now, for a pull that comes within WARM_FOR seconds to record
+        (the index is not touched: the mount shows nothing new before that pull). Not
+        when renamed remote-only entries wait to be copied: the pull carries them first,
+        and its listing must see them (it drops this one then)."""
+        if self.index.count("remote_from IS NOT NULL"):
+            return
+        warm = self._warm = WarmListing()
+        try:
+            warm.listed = await list_remote(self.remote, self.target, self.exclude,
+                                            last_listing(self.index, self.target))
+            log.info("listed the remote for the first pull: %d objects in %.2f s",
+                     warm.listed[1].objects, time.monotonic() - warm.asked)
+        except Exception as exc:  # the pull lists again, and reports
+            log.info("could not list the remote at mount (a pull lists anew): %s", exc)
+        finally:
+            warm.done.set()
+
+    async def _listing(self) -> RemoteScan:
+        """The remote's listing recorded in the index: the mount's own when still fresh,
+        nothing was sent to the remote since (one pull takes it) and the manifest is still
+        the version it saw; else a new one."""
+        warm, self._warm = self._warm, None
+        if warm is not None and time.monotonic() - warm.asked <= WARM_FOR:
+            await warm.done.wait()
+            if warm.listed is not None and await self._manifest_still(warm.listed[1]):
+                rows, listing = warm.listed
+                log.info("pull: the listing begun at mount (%.1f s before) still holds",
+                         time.monotonic() - warm.asked)
+                record_remote(self.index, rows, listing)
+                return listing
+        return await scan_remote(self.remote, self.target, self.index, self.exclude)
+
+    async def _manifest_still(self, listing: RemoteScan) -> bool:
+        """Whether the manifest is the version `listing` saw (or still absent)."""
+        key = self.target.manifest_key
+        if listing.manifest_etag is None:
+            return await self.remote.head(key) is None
+        try:
+            await self.remote.get_bytes(key, if_none_match=listing.manifest_etag)
+        except RemoteUnchanged:
+            return True
+        return False
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
         async with self._busy:
+            if verb != "pull":  # a push changes the remote, a status records a listing
+                self._warm = None
             with self.overlay.changing():  # a pull changes the tree behind the requests
                 return await self._handle(verb, request)
 
@@ -207,8 +276,10 @@ class MountService:
 
     async def pull(self, dry_run: bool, max_delete: float) -> Report:
         report = Report("pull", dry_run=dry_run)
+        if self.index.count("remote_from IS NOT NULL"):
+            self._warm = None  # moves to carry first: the listing must see them
         await self._moves_carried(report)
-        listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
+        listing = await self._listing()
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
         guard_empty_remote(listing.empty, self.index, self.target)

@@ -243,6 +243,13 @@ class CrtClient:
         if early is not None:
             early[1].cancel()
 
+    def drop_all_early(self) -> None:
+        """Let every request `send_early` sent and `send` never took go: a later run
+        must ask anew, not take an answer from long before it began."""
+        early, self._early = self._early, {}
+        for _, pending in early.values():
+            pending.cancel()
+
     def early_reply(
         self,
         method: str,

@@ -68,12 +68,14 @@ class Opened:
 
 @contextmanager
 def opened(settings: Settings, target: Target, activity: str) -> Iterator[Opened]:
-    """Lock `target` and open its index; for a pull, send its listing's first requests."""
+    """Lock `target` and open its index; for a pull, and for a mount (whose daemon lists
+    the remote as it starts, for the pull a first login sends next: fs/mountsync.py),
+    send its listing's first requests."""
     with ExitStack() as stack:
         stack.enter_context(TargetLock(target.state_dir, target.name, activity))
         index = stack.enter_context(Index(target.state_dir / "index.db"))
         early = Opened(index)
-        if activity == "pull":
+        if activity in ("pull", "mount"):
             _early_listing(settings, target, early)
         yield early
 
