@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 import stat
 import subprocess
 import time
@@ -363,3 +365,24 @@ def test_a_pull_right_after_mounting_takes_the_listing_begun_at_mount(
         assert sorted(os.listdir(two.home)) == ["added.txt", "big.bin", "docs", "link",
                                                 "mine.txt", "script.sh"]
     assert_clean_log(two)
+
+
+def test_a_small_file_that_fails_its_md5_gives_no_byte_to_a_read(
+    one: Cluster, two: Cluster
+) -> None:
+    """A small file comes whole and is checked before a read sees any of it: a body that
+    does not match the MD5 the index holds fails the read with EIO, says why in the log,
+    and leaves nothing at the path."""
+    populate_remote(one)
+    remote_only_state(two)
+    db = sqlite3.connect(two.state / "default" / "index.db")
+    with db:
+        db.execute("UPDATE paths SET remote_md5 = ? WHERE path = 'docs/notes.txt'", ("0" * 32,))
+    db.close()
+    with mounted(two.home, two.env):
+        with pytest.raises(OSError) as caught, (two.home / "docs" / "notes.txt").open("rb") as f:
+            f.read()
+        assert caught.value.errno == errno.EIO
+    assert not (two.home / "docs" / "notes.txt").exists()
+    log = (two.state / "default" / "mount.log").read_text()
+    assert "fetch of 'docs/notes.txt' failed: downloaded data does not match its MD5" in log

@@ -3,8 +3,11 @@
 The object streams into a temporary file beside its final name and a read waits only
 until its own range has arrived. On success the file is verified, given the remote's
 mode, owner and mtime, fsynced and renamed into place (never over something local), and
-its row records the new base. On failure the temporary file is removed, one line goes to
-the log and waiting reads fail: no partial file ever stands at the path.
+its row records the new base. A small file comes whole in one GET and is checked against
+its MD5 before any read is given a byte of it; a large one streams, so its reads may see
+bytes before the whole is checked (a mismatch then fails the reads after). On failure
+the temporary file is removed, one line goes to the log and waiting reads fail: no
+partial file ever stands at the path.
 """
 
 from __future__ import annotations
@@ -236,6 +239,9 @@ class Fetcher:
                 got = await self.remote.get_bytes(key, if_match=row["remote_etag"])
                 if got is None:
                     raise RemoteNotFound(f"'{row['path']}' is gone from the remote")
+                if row["remote_md5"] and hashlib.md5(got[0]).hexdigest() != row["remote_md5"]:
+                    # whole in memory: no read is given a byte of it before it is checked
+                    raise FetchFailed("downloaded data does not match its MD5")
                 fetch.download_write(got[0], 0)
                 with fetch.lock:
                     os.ftruncate(fetch.fd, max(len(got[0]), fetch.written_end()))
