@@ -4,6 +4,7 @@ files and nothing else, a wrong passphrase is asked again, a new key is asked tw
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pexpect
@@ -22,9 +23,18 @@ def dotfiles(cluster: Cluster) -> None:
 
 
 def spawn(cluster: Cluster, *args: str) -> pexpect.spawn:
+    """The CLI on a terminal of its own, as a user's shell starts it: CTRL+C's signal at
+    its default, also when the suite runs where it is ignored (a background job started
+    without job control, such as `nohup make test &`, ignores SIGINT, and every process
+    it starts inherits that)."""
     env = {k: v for k, v in {**os.environ, **cluster.env}.items() if k != "FUSESYNC_PASSPHRASE"}
     return pexpect.spawn(sys.executable, ["-m", "fusesync.cli", *args], env=env,
-                         encoding="utf-8", timeout=60, dimensions=(40, 200))
+                         encoding="utf-8", timeout=60, dimensions=(40, 200),
+                         preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(child: pexpect.spawn) -> tuple[int, str]:
