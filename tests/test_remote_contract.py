@@ -240,6 +240,28 @@ async def test_a_get_asked_soon_is_taken_once_or_let_go(
     let_go()
 
 
+async def test_early_answers_left_untaken_are_dropped_all_at_once(
+    aws_env: None, s3_server: SeaweedServer, bucket: str
+) -> None:
+    """A mount sends its listing's first requests before its imports; what its first
+    pull did not take then goes (`CrtClient.drop_all_early`): a later read asks again
+    and sees the object as it is then, not as it was when the early request left."""
+    remote = S3Remote(
+        Settings(bucket=bucket, endpoint_url=s3_server.endpoint_url, addressing_style="path")
+    )
+    crt = remote._crt
+    assert crt is not None, "the light path: the environment holds the keys"
+    await remote.put_bytes("k", b"one")
+    crt.send_early("GET", bucket, "k", "GetObject")
+    early = crt.early_reply("GET", bucket, "k", timeout=10)
+    assert early is not None and early.body == b"one"
+    second = await remote.put_bytes("k", b"two")
+    crt.drop_all_early()
+    assert crt.early_reply("GET", bucket, "k", timeout=0) is None
+    assert await remote.get_bytes("k") == (b"two", second)
+    await remote.aclose()
+
+
 async def test_upload_file_small(remote: Remote, tmp_path: Path) -> None:
     path, md5 = write_file(tmp_path / "f", b"x" * 1000)
     seen: list[int] = []
