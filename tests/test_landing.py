@@ -4,6 +4,7 @@ through a symlink, and no temporary file outlives its batch."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,3 +112,39 @@ async def test_a_failing_batch_fails_its_submitters_and_the_block() -> None:
             for i in range(3):
                 nursery.start_soon(batcher.submit, i)
     assert caught.group_contains(OSError, match="disk on fire")
+
+
+@pytest.mark.parametrize("renameat2", ["kernel", "missing"])
+def test_a_new_path_is_never_taken_from_a_file_made_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: str
+) -> None:
+    """A path that must still be absent is placed with RENAME_NOREPLACE: the kernel
+    refuses if a file was made there after any check the pull could make. Where the C
+    library or the file system has no such rename, the path is checked just before."""
+    from fusesync.sync import localfs
+
+    if renameat2 == "missing":
+        def refused(*args: object) -> None:
+            raise OSError(errno.EINVAL, "not on this file system")
+
+        monkeypatch.setattr(localfs, "renameat2", refused)
+    checked: list[str] = []
+    check = localfs._check_expected
+
+    def counted(dfd: int, name: str, expect: object, rel: str) -> None:
+        checked.append(rel)
+        check(dfd, name, expect, rel)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localfs, "_check_expected", counted)
+    (tmp_path / "taken").write_text("made here while the pull ran")
+    batch = [Landing("taken", b"remote", 0o644, None, None, expect=None),
+             Landing("free", b"remote free", 0o644, None, None, expect=None)]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+        with pytest.raises(LocalChanged):
+            tree.write_symlink("taken", "elsewhere", expect=None)
+    assert isinstance(batch[0].result, LocalChanged)
+    assert (tmp_path / "taken").read_text() == "made here while the pull ran"
+    assert (tmp_path / "free").read_bytes() == b"remote free"
+    assert checked == ([] if renameat2 == "kernel" else ["taken", "free", "taken"])
+    assert not leftovers(tmp_path)

@@ -16,7 +16,6 @@ import trio
 
 from fusesync.errors import FusesyncError, RemoteError
 from fusesync.fs.attrs import Attr, Caller, Changes
-from fusesync.fs.dirs import RENAME_EXCHANGE, RENAME_NOREPLACE
 from fusesync.fs.fetch import Fetcher
 from fusesync.fs.journal import Journal
 from fusesync.fs.mountsync import AbsentPaths
@@ -26,7 +25,7 @@ from fusesync.fs.view import KEEP_LOCAL_ATTRS
 from fusesync.index import Index
 from fusesync.remote.base import Attrs, Head
 from fusesync.sync import base as columns
-from fusesync.sync.localfs import TMP_MARK, Tree
+from fusesync.sync.localfs import RENAME_EXCHANGE, RENAME_NOREPLACE, TMP_MARK, Tree
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.scan import scan_tree
 

@@ -7,7 +7,6 @@ node, not path. Nothing here resolves a path through the mount or follows a syml
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from collections import OrderedDict
@@ -15,11 +14,7 @@ from collections import OrderedDict
 from fusesync.fs.nodes import ROOT_INODE, Node
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class DirFds:
@@ -70,17 +65,6 @@ class DirFds:
         while self._fds:
             _, fd = self._fds.popitem()
             os.close(fd)
-
-
-def renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> None:
-    """rename with RENAME_NOREPLACE or RENAME_EXCHANGE (Linux renameat2, through libc)."""
-    if not flags:
-        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-        return
-    result = _libc.renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), flags)
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), src)
 
 
 def proc_path(dir_fd: int, name: str) -> str:

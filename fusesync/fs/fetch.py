@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from fusesync.errors import FusesyncError, RemoteChanged, RemoteNotFound
-from fusesync.fs.dirs import RENAME_NOREPLACE, renameat2
 from fusesync.fs.journal import Journal
 from fusesync.fs.nodes import Node
 from fusesync.index import Row
 from fusesync.remote.base import Remote, asked_nothing
-from fusesync.sync.localfs import local_ids, temporary_name
+from fusesync.sync.localfs import RENAME_NOREPLACE, local_ids, renameat2, temporary_name
 from fusesync.sync.model import SPECIAL_BITS
 from fusesync.sync.pull import remote_mtime_ns, remote_owner
 

@@ -15,10 +15,9 @@ import os
 import stat
 
 from fusesync.fs.attrs import Attr, Caller
-from fusesync.fs.dirs import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from fusesync.fs.nodes import Node
 from fusesync.fs.view import View, check_name, fail
-from fusesync.sync.localfs import TMP_MARK
+from fusesync.sync.localfs import RENAME_EXCHANGE, RENAME_NOREPLACE, TMP_MARK, renameat2
 from fusesync.sync.model import Kind, join
 
 

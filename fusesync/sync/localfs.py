@@ -137,8 +137,7 @@ class Tree:
                     f.flush()
                 _apply(fd, mode, mtime_ns, owner)
                 os.fsync(fd)
-                _check_expected(dfd, name, expect, relpath)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                _place(dfd, tmp, name, expect, relpath)
                 return os.fstat(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -165,8 +164,7 @@ class Tree:
                 _sync_file_system(self.fd)
             for item, dfd, fd, tmp, name in staged:
                 try:
-                    _check_expected(dfd, name, item.expect, item.relpath)
-                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    _place(dfd, tmp, name, item.expect, item.relpath)
                     item.result = os.fstat(fd)
                 except Exception as exc:
                     item.result = exc
@@ -214,8 +212,7 @@ class Tree:
             tmp = temporary_name(name)
             os.symlink(target, tmp, dir_fd=dfd)
             try:
-                _check_expected(dfd, name, expect, relpath)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                _place(dfd, tmp, name, expect, relpath)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
@@ -271,6 +268,24 @@ def version(st: os.stat_result) -> Version:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
 
 
+def _place(dfd: int, tmp: str, name: str, expect: Version | bool | None, rel: str) -> None:
+    """Rename `tmp` to `name` if the path is still as `expect` says (Tree.write_file).
+    Where nothing may stand, the kernel refuses atomically (RENAME_NOREPLACE): a file
+    made there after any check the pull could make is never replaced. File systems
+    without it (some network ones) get the check just before the rename."""
+    if expect is None or expect is False:
+        try:
+            renameat2(dfd, tmp, dfd, name, RENAME_NOREPLACE)
+            return
+        except FileExistsError:
+            raise LocalChanged(f"'{rel}' appeared locally during the pull; kept") from None
+        except OSError as exc:
+            if exc.errno not in _NO_RENAMEAT2:
+                raise
+    _check_expected(dfd, name, expect, rel)
+    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
 def _check_expected(dfd: int, name: str, expect: Version | bool | None, rel: str) -> None:
     if expect is True:
         return
@@ -289,6 +304,24 @@ def _check_expected(dfd: int, name: str, expect: Version | bool | None, rel: str
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_NO_RENAMEAT2 = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+"""What renameat2 answers where the C library or the file system lacks it or a flag."""
+
+
+def renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> None:
+    """rename with RENAME_NOREPLACE or RENAME_EXCHANGE (Linux renameat2, through libc);
+    OSError(ENOSYS) where the C library has none."""
+    if not flags:
+        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return
+    call = getattr(_libc, "renameat2", None)
+    if call is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), src)
+    if call(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src)
 
 
 def _sync_file_system(fd: int) -> None:
