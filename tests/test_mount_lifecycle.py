@@ -133,6 +133,8 @@ def test_offline_mount_serves_local_files_and_fails_remote_only_with_eio(
                      "--addressing-style", "path")
     assert result.exit_code == 0, result.output
     with mounted(two.home, two.env):
+        code, output = forward_in(two.env, "pull")  # right after mounting: the mount's
+        assert code == 1 and "cannot reach" in output  # own listing met it already
         assert (two.home / "local.txt").read_text() == "local"
         assert os.stat(two.home / "big.bin").st_size == 3 << 20
         with pytest.raises(OSError) as caught:
@@ -144,6 +146,7 @@ def test_offline_mount_serves_local_files_and_fails_remote_only_with_eio(
     assert os.listdir(two.home / "docs") == []
     log = (two.state / "default" / "mount.log").read_text()
     assert log.count("fetch of 'docs/notes.txt' failed") == 1
+    assert log.count("could not list the remote at mount: cannot reach") == 1
 
 
 def test_state_folder_inside_the_mounted_home(tmp_path: Path, fusesync_env: FusesyncEnv

@@ -74,12 +74,13 @@ another cluster since then makes it list anew."""
 
 @dataclasses.dataclass
 class WarmListing:
-    """The remote's listing as the mount began: what `list_remote` answered (None: it
-    failed, and the pull lists anew to say why), and when it was asked for."""
+    """The remote's listing as the mount began: what `list_remote` answered, or the error
+    it met, and when it was asked for."""
 
     asked: float = dataclasses.field(default_factory=time.monotonic)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     listed: Listed | None = None
+    error: Exception | None = None
 
 
 class MountService:
@@ -118,8 +119,9 @@ class MountService:
                                             last_listing(self.index, self.target))
             log.info("listed the remote for the first pull: %d objects in %.2f s",
                      warm.listed[1].objects, time.monotonic() - warm.asked)
-        except Exception as exc:  # the pull lists again, and reports
-            log.info("could not list the remote at mount (a pull lists anew): %s", exc)
+        except Exception as exc:  # a pull within WARM_FOR says so; a later one tries again
+            warm.error = exc
+            log.info("could not list the remote at mount: %s", exc)
         finally:
             warm.done.set()
 
@@ -130,6 +132,10 @@ class MountService:
         warm, self._warm = self._warm, None
         if warm is not None and time.monotonic() - warm.asked <= WARM_FOR:
             await warm.done.wait()
+            if warm.error is not None:
+                # Met moments ago: an unreachable endpoint takes the CRT ~10 s of retries
+                # to give up on, and the pull would wait for them twice.
+                raise warm.error
             if warm.listed is not None and await self._manifest_still(warm.listed[1]):
                 rows, listing = warm.listed
                 log.info("pull: the listing begun at mount (%.1f s before) still holds",
