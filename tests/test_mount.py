@@ -26,6 +26,7 @@ from support.mounting import (
 from syncenv import Cluster, tree_of
 
 from fusesync.fs.adapter import READDIR_BY_INODE
+from fusesync.fs.mountsync import WARM_FOR
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -342,7 +343,8 @@ def test_a_pull_right_after_mounting_takes_the_listing_begun_at_mount(
 ) -> None:
     """A first login mounts and then pulls: the daemon lists the remote as it starts,
     and that pull records this listing rather than listing again; but not once the
-    manifest moved since (a push from another cluster) or the daemon pushed itself."""
+    manifest moved since (a push from another cluster), the daemon pushed itself, or
+    the listing is older than WARM_FOR."""
     populate_remote(one)
     log = two.state / "default" / "mount.log"
     listed, held = "listed the remote for the first pull", "the listing begun at mount"
@@ -364,6 +366,11 @@ def test_a_pull_right_after_mounting_takes_the_listing_begun_at_mount(
         assert log.read_text().count(held) == 1  # the daemon pushed: listed anew
         assert sorted(os.listdir(two.home)) == ["added.txt", "big.bin", "docs", "link",
                                                 "mine.txt", "script.sh"]
+    with mounted(two.home, two.env):
+        wait_until(lambda: log.read_text().count(listed) == 4, 10, "the mount's listing")
+        time.sleep(WARM_FOR + 0.5)
+        assert "0 downloaded" in mounted_run(two, "pull")
+        assert log.read_text().count(held) == 1  # too old by then: listed anew
     assert_clean_log(two)
 
 

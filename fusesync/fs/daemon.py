@@ -247,6 +247,7 @@ async def _warm_listing(service: mountsync.MountService, early: CrtClient | None
     finally:
         if early is not None:
             early.drop_all_early()
+    await service.forget_warm_listing()
 
 
 async def _finish_fetches(fetcher: Fetcher) -> None:

@@ -125,6 +125,16 @@ class MountService:
         finally:
             warm.done.set()
 
+    async def forget_warm_listing(self) -> None:
+        """Let the mount's listing go once WARM_FOR has passed with no pull to take it:
+        for a large tree its rows are megabytes."""
+        warm = self._warm
+        if warm is None:
+            return
+        await trio.sleep(max(0.0, warm.asked + WARM_FOR - time.monotonic()))
+        if self._warm is warm:
+            self._warm = None
+
     async def _listing(self) -> RemoteScan:
         """The remote's listing recorded in the index: the mount's own when still fresh,
         nothing was sent to the remote since (one pull takes it) and the manifest is still
