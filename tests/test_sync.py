@@ -466,6 +466,42 @@ def test_a_pull_sends_its_listing_early_and_asks_nothing_twice(
     assert tree_of(two.home) == tree_of(one.home)
 
 
+def test_a_mount_lists_as_it_starts_only_a_tree_of_bounded_size(
+    one: Cluster, two: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount sends its listing's first requests before its imports (and then lists the
+    remote, for the pull a first login sends next) only when the last listing held at
+    most MOUNT_LISTS_UPTO keys: beyond, every mount would pay for a listing, pull or
+    not. A pull sends its own whatever the size."""
+    from fusesync.config import Config
+    from fusesync.remote.crt import CrtClient
+    from fusesync.sync import head_start
+
+    early: list[str] = []
+    send_early = CrtClient.send_early
+
+    def counted(self: CrtClient, *args: Any, **kwargs: Any) -> None:
+        early.append(args[3])  # the operation
+        send_early(self, *args, **kwargs)
+
+    monkeypatch.setattr(CrtClient, "send_early", counted)
+    for i in range(3):
+        (one.home / f"f{i}.txt").write_text(f"file {i}")
+    one.push()
+    two.pull()
+    for name, value in two.env.items():
+        monkeypatch.setenv(name, value)
+    config = Config.load()
+    target = config.target("default")
+    for limit, activity, sent in ((3, "mount", True), (2, "mount", False), (2, "pull", True)):
+        monkeypatch.setattr(head_start, "MOUNT_LISTS_UPTO", limit)
+        early.clear()
+        with head_start.opened(config.settings, target, activity) as opened:
+            assert opened.crt is not None  # the light path, taken by the run's remote
+            opened.crt.drop_all_early()
+        assert ("ListObjectsV2" in early) == sent, (limit, activity, early)
+
+
 def test_a_pull_with_nothing_new_ends_on_its_early_answers(
     one: Cluster, two: Cluster, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,7 @@ from fusesync.sync.guards import (
     guard_empty_remote,
     prepare_remote,
 )
+from fusesync.sync.head_start import mount_lists
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
@@ -110,13 +111,14 @@ class MountService:
         """List the remote now, for a pull that comes within WARM_FOR seconds to record
         (the index is not touched: the mount shows nothing new before that pull). Not
         when renamed remote-only entries wait to be copied: the pull carries them first,
-        and its listing must see them (it drops this one then)."""
-        if self.index.count("remote_from IS NOT NULL"):
+        and its listing must see them (it drops this one then); nor for a tree larger
+        than head_start.MOUNT_LISTS_UPTO."""
+        last = last_listing(self.index, self.target)
+        if self.index.count("remote_from IS NOT NULL") or not mount_lists(last):
             return
         warm = self._warm = WarmListing()
         try:
-            warm.listed = await list_remote(self.remote, self.target, self.exclude,
-                                            last_listing(self.index, self.target))
+            warm.listed = await list_remote(self.remote, self.target, self.exclude, last)
             log.info("listed the remote for the first pull: %d objects in %.2f s",
                      warm.listed[1].objects, time.monotonic() - warm.asked)
         except Exception as exc:  # a pull within WARM_FOR says so; a later one tries again
