@@ -518,8 +518,8 @@ async def test_a_write_just_after_a_fetch_is_hashed_leaves_no_stale_md5(
 
     hashed = fetch_module._seal
 
-    def hashed_then_written(fetch: Any, row: Any) -> str:
-        md5 = hashed(fetch, row)
+    def hashed_then_written(fetch: Any, row: Any, *rest: Any) -> str:
+        md5 = hashed(fetch, row, *rest)
         fetch.write(b"late", fetch.size)  # as a write through the mount would
         return md5
 

@@ -230,6 +230,7 @@ class Fetcher:
     async def _run(self, node: Node, fetch: Fetch, row: Row, name: str,
                    asked: Callable[[], None]) -> None:
         placed = False
+        whole: tuple[str, int] | None = None  # a small file's MD5 and size, as checked
         try:
             key = self._key(row)
             if row["remote_enc"] and self.sealing is not None:  # decrypted chunk by chunk
@@ -238,7 +239,8 @@ class Fetcher:
                 got = await self.remote.get_bytes(key, if_match=row["remote_etag"])
                 if got is None:
                     raise RemoteNotFound(f"'{row['path']}' is gone from the remote")
-                if row["remote_md5"] and hashlib.md5(got[0]).hexdigest() != row["remote_md5"]:
+                whole = hashlib.md5(got[0]).hexdigest(), len(got[0])
+                if row["remote_md5"] and whole[0] != row["remote_md5"]:
                     # whole in memory: no read is given a byte of it before it is checked
                     raise FetchFailed("downloaded data does not match its MD5")
                 fetch.download_write(got[0], 0)
@@ -250,7 +252,7 @@ class Fetcher:
                 )
             fetch.arrived(0, fetch.size)
             fetch.wake()
-            md5 = await trio.to_thread.run_sync(_seal, fetch, row)
+            md5 = await trio.to_thread.run_sync(_seal, fetch, row, whole)
             renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
             placed = True
             self.journal.fetched(row, os.fstat(fetch.fd), md5, changed=fetch.modified)
@@ -289,19 +291,24 @@ def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:
     trio.from_thread.run_sync(fetch.wake)
 
 
-def _seal(fetch: Fetch, row: Row) -> str:
-    """Verify the download, give it the remote's attributes, fsync it. Blocks.
+def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None) -> str:
+    """Verify the download, give it the remote's attributes, fsync it. Blocks. `whole`:
+    a small file's MD5 and size as checked in memory, which the file holds unless it was
+    written to meanwhile (else it is read back and hashed).
 
     A file written through the mount while it streamed in holds more than the download:
     its MD5 is no check of the transfer then, and its mtime is the writes' own."""
     with fetch.lock:  # no write through the mount while the file is hashed
-        digest = hashlib.md5()
-        offset = 0
-        while chunk := os.pread(fetch.fd, 1 << 20, offset):
-            digest.update(chunk)
-            offset += len(chunk)
         modified = fetch.modified
-    md5 = digest.hexdigest()
+        if whole is not None and not modified:
+            md5, offset = whole
+        else:
+            digest = hashlib.md5()
+            offset = 0
+            while chunk := os.pread(fetch.fd, 1 << 20, offset):
+                digest.update(chunk)
+                offset += len(chunk)
+            md5 = digest.hexdigest()
     if offset != fetch.size and not (modified and offset >= fetch.size):
         raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
     if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"] \

@@ -18,11 +18,11 @@ DIR_CONTENT_TYPE = "application/x-directory"
 _ID_LIMIT = 1 << 32
 
 Progress = Callable[[int], None]
+"""Called with a number of bytes just transferred (never the running total)."""
 
 
 def asked_nothing() -> None:
     """What `Remote.get_bytes_soon` gives back when it sent nothing: nothing to let go."""
-"""Called with a number of bytes just transferred (never the running total)."""
 
 
 def format_mtime(mtime: float) -> str:

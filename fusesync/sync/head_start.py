@@ -197,7 +197,7 @@ def look_before_push(early: Opened, settings: Settings, target: Target, dry_run:
     if not _is_dir(target.path):
         return Looked(report)
     from fusesync.sync.localfs import Tree
-    from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher
+    from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher, encrypt_mark
     from fusesync.sync.plan import planned_push
     from fusesync.sync.scan import scan_tree
 
@@ -206,7 +206,7 @@ def look_before_push(early: Opened, settings: Settings, target: Target, dry_run:
         scan = scan_tree(tree.fd, early.index, exclude)
     # The encrypt list changed since a push last looked at every row for files still
     # plaintext on the remote (sync/sealed.py): the engine looks.
-    looked = early.index.meta(ENCRYPT_CHECKED) == "\n".join(target.encrypt)
+    looked = early.index.meta(ENCRYPT_CHECKED) == encrypt_mark(target.encrypt)
     actions = planned_push(early.index, exclude, remote_listed=False)
     if actions or not looked:
         # read back by the push's merge (Pusher), once the bucket is known to exist (else

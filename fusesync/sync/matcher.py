@@ -9,6 +9,11 @@ ENCRYPT_CHECKED = "encrypt_checked"
 looked at every row for files still plaintext on the remote (sync/sealed.py)."""
 
 
+def encrypt_mark(encrypt: Iterable[str]) -> str:
+    """An encrypt list as ENCRYPT_CHECKED records it."""
+    return "\n".join(encrypt)
+
+
 class PathMatcher:
     """Matches relative POSIX paths; directories are asked about with `is_dir=True`."""
 

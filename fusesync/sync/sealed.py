@@ -41,7 +41,7 @@ from fusesync.errors import FusesyncError, IntegrityError, RemoteChanged, Source
 from fusesync.index import Index, Row
 from fusesync.remote.base import Attrs, Head, Remote
 from fusesync.sync.manifest import ManifestEntry
-from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher
+from fusesync.sync.matcher import ENCRYPT_CHECKED, PathMatcher, encrypt_mark
 from fusesync.sync.model import Kind
 from fusesync.sync.plan import Action, Op
 from fusesync.sync.report import Report
@@ -66,7 +66,7 @@ class Sealing:
         self.spool = spool
         self.matcher = PathMatcher(target.encrypt)
         self.unlocker = Unlocker(target, remote, source)
-        self._patterns = "\n".join(target.encrypt)
+        self._patterns = encrypt_mark(target.encrypt)
         self._unsealed: list[Action] = []
 
     # -- which rows ------------------------------------------------------------------
