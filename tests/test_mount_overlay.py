@@ -532,3 +532,48 @@ async def test_a_write_just_after_a_fetch_is_hashed_leaves_no_stale_md5(
     row = index.require("remote.bin")
     assert row["local_md5"] in (None, on_disk)
     assert row["dirty"]  # and push looks at it
+
+
+async def test_reads_and_writes_go_on_while_a_fetched_file_is_hashed(
+    overlay: Overlay, root: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing a large fetched file takes a while (64 MiB: ~0.1 s here). A read or a write
+    that came meanwhile used to wait for the lock the hash held, in trio's thread, so every
+    request to the mount stood still until the hash was done."""
+    import threading
+    import types
+
+    from fusesync.fs import fetch as fetch_module
+
+    hashing, go_on, hashed = threading.Event(), threading.Event(), threading.Event()
+
+    class HeldDigest:
+        def __init__(self) -> None:
+            self._md5 = hashlib.md5()
+
+        def update(self, data: bytes) -> None:
+            hashing.set()
+            go_on.wait(10)  # never forever, whatever the code under test does
+            self._md5.update(data)
+
+        def hexdigest(self) -> str:
+            hashed.set()
+            return self._md5.hexdigest()
+
+    monkeypatch.setattr(fetch_module, "hashlib", types.SimpleNamespace(md5=HeldDigest))
+    attr = overlay.lookup(ROOT_INODE, "remote.bin")
+    reader = await overlay.open(attr.ino, os.O_RDONLY)
+    while not hashing.is_set():
+        await trio.sleep(0.01)
+    writer = await overlay.open(attr.ino, os.O_RDWR)
+    assert await overlay.read(reader, 0, 10) == b"0123456789"
+    assert overlay.write(writer, 10_000, b"more") == 4
+    assert not hashed.is_set(), "the read and the write waited for the hash"
+    go_on.set()
+    await overlay.fsync(writer, False)
+    overlay.release(reader)
+    overlay.release(writer)
+    assert (root / "remote.bin").read_bytes() == b"0123456789" * 1000 + b"more"
+    row = index.require("remote.bin")
+    assert row["dirty"] and row["local_md5"] in (None, hashlib.md5(b"0123456789" * 1000
+                                                                  + b"more").hexdigest())

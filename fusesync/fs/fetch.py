@@ -102,11 +102,13 @@ class Fetch:
             self._ranges = _merged(self._ranges, offset, end)
 
     def has(self, start: int, end: int) -> bool:
+        """Without the lock: `_ranges` is replaced whole, never changed in place, so a
+        read of it sees one state or the next, and a read is never held up by a thread
+        that holds the lock (the hash of a large file once stalled every request)."""
         end = min(end, max(self.size, self.written_end()))
         if start >= end:
             return True
-        with self.lock:
-            return any(s <= start and end <= e for s, e in self._ranges)
+        return any(s <= start and end <= e for s, e in self._ranges)
 
     def wake(self, _count: int = 0) -> None:
         """Let every read whose range has arrived go on (trio thread)."""
@@ -296,32 +298,34 @@ def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None) -> str:
     a small file's MD5 and size as checked in memory, which the file holds unless it was
     written to meanwhile (else it is read back and hashed).
 
-    A file written through the mount while it streamed in holds more than the download:
-    its MD5 is no check of the transfer then, and its mtime is the writes' own."""
-    with fetch.lock:  # no write through the mount while the file is hashed
-        modified = fetch.modified
-        if whole is not None and not modified:
-            md5, offset = whole
-        else:
-            digest = hashlib.md5()
-            offset = 0
-            while chunk := os.pread(fetch.fd, 1 << 20, offset):
-                digest.update(chunk)
-                offset += len(chunk)
-            md5 = digest.hexdigest()
-    if offset != fetch.size and not (modified and offset >= fetch.size):
-        raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
-    if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"] \
-            and not modified:
-        raise FetchFailed("downloaded data does not match its MD5")  # (decrypting checked)
-    if os.geteuid() == 0:
-        uid, gid = local_ids(remote_owner(row))
-        if uid is not None or gid is not None:
-            os.fchown(fetch.fd, -1 if uid is None else uid, -1 if gid is None else gid)
-    os.fchmod(fetch.fd, (row["remote_mode"] or 0o644) & 0o7777 & ~SPECIAL_BITS)
-    mtime_ns = remote_mtime_ns(row)
-    if mtime_ns is not None and not modified:
-        os.utime(fetch.fd, ns=(mtime_ns, mtime_ns))
+    A file written through the mount while it streamed in, or while it was hashed, holds
+    more than the download: its MD5 is no check of the transfer then, and its mtime is the
+    writes' own. The hash holds no lock (trio's thread takes it for every write through
+    the mount), so the check that nothing was written comes after it."""
+    if whole is not None and not fetch.modified:
+        md5, offset = whole
+    else:  # read back without the lock: reads and writes through the mount go on
+        digest = hashlib.md5()
+        offset = 0
+        while chunk := os.pread(fetch.fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        md5 = digest.hexdigest()
+    with fetch.lock:  # a write from here on comes after the remote's attributes
+        modified = fetch.modified  # (also if written while it was hashed)
+        if offset != fetch.size and not (modified and offset >= fetch.size):
+            raise FetchFailed(f"got {offset} bytes, expected {fetch.size}")
+        if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"] \
+                and not modified:
+            raise FetchFailed("downloaded data does not match its MD5")  # (decrypting checked)
+        if os.geteuid() == 0:
+            uid, gid = local_ids(remote_owner(row))
+            if uid is not None or gid is not None:
+                os.fchown(fetch.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.fchmod(fetch.fd, (row["remote_mode"] or 0o644) & 0o7777 & ~SPECIAL_BITS)
+        mtime_ns = remote_mtime_ns(row)
+        if mtime_ns is not None and not modified:
+            os.utime(fetch.fd, ns=(mtime_ns, mtime_ns))
     os.fsync(fetch.fd)
     return md5
 
