@@ -44,6 +44,7 @@ class FakeRemote:
         self.downloads = 0
 
     async def download_file(self, key: str, dest: BinaryIO, *, if_match: str | None = None,
+                            size: int | None = None,
                             progress: Any = None) -> Head:
         self.downloads += 1
         if self.fail:
@@ -577,3 +578,4 @@ async def test_reads_and_writes_go_on_while_a_fetched_file_is_hashed(
     row = index.require("remote.bin")
     assert row["dirty"] and row["local_md5"] in (None, hashlib.md5(b"0123456789" * 1000
                                                                   + b"more").hexdigest())
+

@@ -23,6 +23,7 @@ from support.seaweed import SeaweedServer
 from fusesync.config import Settings
 from fusesync.errors import (
     BucketNotFound,
+    IntegrityError,
     RemoteChanged,
     RemoteError,
     RemoteNotFound,
@@ -388,15 +389,17 @@ async def test_cancelled_download_stops(remote: Remote, tmp_path: Path) -> None:
     assert scope.cancelled_caught and 0 < sum(seen) < BIG
 
 
+@pytest.mark.parametrize("listed", [False, True], ids=["size-unknown", "size-listed"])
 @pytest.mark.parametrize("size", [0, 1000, BIG])
-async def test_download_file(remote: Remote, tmp_path: Path, size: int) -> None:
+async def test_download_file(remote: Remote, tmp_path: Path, size: int, listed: bool) -> None:
     data = os.urandom(size)
     attrs = Attrs(mode=0o100755, mtime=1700000001.0)
     etag = await remote.put_bytes("p/obj", data, attrs=attrs)
     seen: list[int] = []
     with open(tmp_path / "out", "w+b") as dest:
         dest.write(b"older and longer contents" * 1000)
-        head = await remote.download_file("p/obj", dest, if_match=etag, progress=seen.append)
+        head = await remote.download_file("p/obj", dest, if_match=etag,
+                                          size=size if listed else None, progress=seen.append)
         dest.seek(0)
         assert dest.read() == data
     assert (head.etag, head.size, head.attrs) == (etag, size, attrs)
@@ -413,6 +416,12 @@ async def test_download_of_changed_or_missing_object(remote: Remote, tmp_path: P
             await remote.download_file("p/obj", dest, if_match="0" * 32)
         with pytest.raises(RemoteNotFound):
             await remote.download_file("p/gone", dest)
+    etag = await remote.put_bytes("p/big", os.urandom(BIG))  # every part asked at once:
+    with open(tmp_path / "out", "w+b") as dest:  # each one pinned to the version listed
+        with pytest.raises(RemoteChanged):
+            await remote.download_file("p/big", dest, if_match="0" * 32, size=BIG)
+        with pytest.raises(IntegrityError, match=r"not the \d+ listed"):
+            await remote.download_file("p/big", dest, if_match=etag, size=BIG + MiB)
 
 
 async def test_delete(remote: Remote) -> None:

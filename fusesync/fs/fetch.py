@@ -250,7 +250,8 @@ class Fetcher:
                     os.ftruncate(fetch.fd, max(len(got[0]), fetch.written_end()))
             else:
                 await self.remote.download_file(
-                    key, _RangeWriter(fetch), if_match=row["remote_etag"], progress=fetch.wake,
+                    key, _RangeWriter(fetch), if_match=row["remote_etag"], size=fetch.size,
+                    progress=fetch.wake,
                 )
             fetch.arrived(0, fetch.size)
             fetch.wake()

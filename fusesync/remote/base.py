@@ -224,9 +224,12 @@ class Remote(Protocol):
         dest: WritableFile,
         *,
         if_match: str | None = None,
+        size: int | None = None,
         progress: Progress | None = None,
     ) -> Head:
         """Write the object's bytes at offsets 0..size of `dest` and truncate it there.
+        `size`: the `if_match` version's size, when the caller has it from a listing (a
+        large object's parts are then all asked for at once).
 
         Raises RemoteNotFound when the object is gone and RemoteChanged when it is not the
         `if_match` version (or changed while being read).

@@ -235,10 +235,12 @@ class FaultyRemote:
         dest: WritableFile,
         *,
         if_match: str | None = None,
+        size: int | None = None,
         progress: Progress | None = None,
     ) -> Head:
         await self._enter("download_file", key)
-        result = await self.inner.download_file(key, dest, if_match=if_match, progress=progress)
+        result = await self.inner.download_file(key, dest, if_match=if_match, size=size,
+                                                progress=progress)
         self._exit("download_file")
         return result
 

@@ -439,15 +439,18 @@ class S3Remote:
         dest: WritableFile,
         *,
         if_match: str | None = None,
+        size: int | None = None,
         progress: Progress | None = None,
     ) -> Head:
-        """Stream the object into `dest` from worker threads (one GET, then, for a large
-        object, ranged GETs in parallel pinned to the first GET's etag)."""
+        """Stream the object into `dest` from worker threads: ranged GETs in parallel,
+        pinned to `if_match` (all at once when `size` is known) or else to the etag of a
+        first GET."""
         return await download(
             self._link,
             key,
             dest,
             if_match=if_match,
+            size=size,
             part_size=self.part_size,
             concurrency=self.transfer_concurrency,
             progress=progress,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -228,6 +229,7 @@ async def download(
     dest: WritableFile,
     *,
     if_match: str | None,
+    size: int | None = None,
     part_size: int,
     concurrency: int,
     progress: Progress | None,
@@ -235,7 +237,9 @@ async def download(
 ) -> Head:
     """Stream the object into `dest` from worker threads: one GET, then, for an object over
     `part_size`, ranged GETs (`concurrency` at a time) pinned to the first GET's etag.
-    `head_of(key, response)` reads the first GET's headers."""
+    With `if_match` and the object's `size` known (listed), every range is asked at once
+    instead: the first answer's headers are not waited for. `head_of(key, response)`
+    reads a GET's headers."""
     sink = _Sink(dest)
     report = _reporter(progress)
     heads: builtins.list[Head] = []
@@ -247,9 +251,17 @@ async def download(
             resp = link.client.get_object(
                 Bucket=link.bucket, Key=key, IfMatch=quote_etag(etag), Range=f"bytes={start}-{end}"
             )
-            if not str(resp.get("ContentRange", "")).startswith(f"bytes {start}-{end}/"):
+            got = str(resp.get("ContentRange", ""))
+            whole = got.rpartition("/")[2]
+            if size is not None and got and whole != str(size):
+                resp["Body"].close()
+                raise IntegrityError(f"'{key}' is {whole} bytes on {link.endpoint}, "
+                                     f"not the {size} listed")
+            if not got.startswith(f"bytes {start}-{end}/"):
                 resp["Body"].close()
                 raise IntegrityError(f"{link.endpoint} ignored the range asked of '{key}'")
+            if start == 0:
+                heads.append(dataclasses.replace(head_of(key, resp), size=size or 0))
             _copy(resp["Body"], sink, start, end + 1 - start, report)
 
         async with ranges:
@@ -262,17 +274,21 @@ async def download(
             spawn(functools.partial(get_range, start, end, head.etag))
 
     async with task_group() as spawn:
+        if if_match and size is not None and size > step:
+            for start in range(0, size, step):
+                spawn(functools.partial(get_range, start, min(start + step, size) - 1, if_match))
+        else:
 
-        def first() -> None:
-            args = {"IfMatch": quote_etag(if_match)} if if_match else {}
-            resp = link.client.get_object(Bucket=link.bucket, Key=key, **args)
-            head = head_of(key, resp)
-            trio.from_thread.run_sync(got_head, spawn, head)
-            # Only the first range comes from this stream; closing it early drops one
-            # connection, which is cheaper than a HEAD for every small file.
-            _copy(resp["Body"], sink, 0, min(head.size, step), report)
+            def first() -> None:
+                args = {"IfMatch": quote_etag(if_match)} if if_match else {}
+                resp = link.client.get_object(Bucket=link.bucket, Key=key, **args)
+                head = head_of(key, resp)
+                trio.from_thread.run_sync(got_head, spawn, head)
+                # Only the first range comes from this stream; closing it early drops one
+                # connection, which is cheaper than a HEAD for every small file.
+                _copy(resp["Body"], sink, 0, min(head.size, step), report)
 
-        spawn(functools.partial(link.call, "get_object", key, first))
+            spawn(functools.partial(link.call, "get_object", key, first))
     await trio.to_thread.run_sync(sink.finish, heads[0].size)
     return heads[0]
 

@@ -254,7 +254,7 @@ class Puller:
         key = self.target.prefix + row["path"]
 
         def fill(f: BinaryIO) -> None:
-            trio.from_thread.run(self._download, key, f, row["remote_etag"])
+            trio.from_thread.run(self._download, key, f, row["remote_etag"], row["remote_size"])
             f.flush()
             f.seek(0)
             digest = hashlib.file_digest(f, "md5").hexdigest()  # type: ignore[arg-type]
@@ -280,8 +280,8 @@ class Puller:
             )
         return st, body.md5
 
-    async def _download(self, key: str, f: BinaryIO, etag: str | None) -> None:
-        await self.remote.download_file(key, f, if_match=etag,
+    async def _download(self, key: str, f: BinaryIO, etag: str | None, size: int | None) -> None:
+        await self.remote.download_file(key, f, if_match=etag, size=size,
                                         progress=lambda n: self.progress.advance(size=n))
 
     async def _conflict(self, action: Action, row: Row) -> None:

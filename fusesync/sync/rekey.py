@@ -329,7 +329,7 @@ class Rekey:
             return etag, md5
         with tempfile.TemporaryFile(dir=self.spool) as src, \
                 tempfile.TemporaryFile(dir=self.spool) as dst:
-            await self.remote.download_file(key, src, if_match=head.etag)
+            await self.remote.download_file(key, src, if_match=head.etag, size=head.size)
             size = src.seek(0, os.SEEK_END)
             src.seek(0)
             _size, md5 = await trio.to_thread.run_sync(
