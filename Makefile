@@ -39,9 +39,9 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# pyfuse3 first, built with the patch of packaging/pyfuse3 (the kernel keeps listings),
+# pyfuse3 first, built with the patches of packaging/pyfuse3 (the kernel keeps listings),
 # the wheel stays in cache/wheels, where `make deb` finds it too.
-$(VENV)/.installed: pyproject.toml packaging/pyfuse3/build packaging/pyfuse3/readdir-by-inode.patch | system-deps
+$(VENV)/.installed: pyproject.toml packaging/pyfuse3/build $(wildcard packaging/pyfuse3/*.patch) | system-deps
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	packaging/pyfuse3/build $(BIN)/pip cache/wheels

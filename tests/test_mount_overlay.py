@@ -579,3 +579,19 @@ async def test_reads_and_writes_go_on_while_a_fetched_file_is_hashed(
     assert row["dirty"] and row["local_md5"] in (None, hashlib.md5(b"0123456789" * 1000
                                                                   + b"more").hexdigest())
 
+
+async def test_closing_a_file_opened_for_reading_asks_the_daemon_nothing(
+    overlay: Overlay,
+) -> None:
+    """A descriptor opened for reading has no write whose error a close could report:
+    the kernel is told to send no flush for it (FOPEN_NOFLUSH), one round trip less per
+    file a `cat` reads. One opened for writing still gets its flush."""
+    from fusesync.fs.adapter import NOFLUSH, Adapter
+
+    assert NOFLUSH, "the installed pyfuse3 lacks the patches of packaging/pyfuse3"
+    adapter = Adapter(overlay)
+    ino = overlay.lookup(ROOT_INODE, "local.txt").ino
+    for flags, noflush in ((os.O_RDONLY, True), (os.O_RDWR, False), (os.O_WRONLY, False)):
+        info = await adapter.open(ino, flags, None)  # type: ignore[arg-type]
+        assert info.noflush is noflush, flags
+        await adapter.release(info.fh)
