@@ -7,6 +7,8 @@ become one line and an exit status here, in `FusesyncGroup.invoke`, and nowhere 
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from fusesync.sync.head_start import Looked, Opened
     from fusesync.sync.report import Report
 
+SIGPIPE_STATUS = 128 + 13  # as a shell reports a program its closed output ended
 ALIASES = {"put": "push", "get": "pull", "ls": "list", "rm": "remove", "delete": "remove"}
 
 
@@ -53,12 +56,30 @@ class FusesyncGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("", err=True)
             _fail(ctx, "interrupted", 130)
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise
+            # Whoever read our output stopped (`fusesync list | head -1`): stop too, with
+            # no message, as coreutils do; nothing is written to the closed pipe again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(SIGPIPE_STATUS)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # anything unexpected: one line, the rest only with --debug
             if ctx.params.get("debug"):
                 raise
             _fail(ctx, f"internal error: {exc!r} (run with --debug for the traceback)", 1)
+
+
+def _stdout_gone() -> bool:
+    """The reading end of our standard output was closed."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _fail(ctx: click.Context, message: str, status: int) -> NoReturn:

@@ -330,6 +330,30 @@ def test_no_traceback_without_debug(fusesync_env) -> None:
     assert "Traceback" in proc.stderr
 
 
+def test_output_to_a_reader_that_stopped_ends_quietly(configured, tmp_path: Path) -> None:
+    """`fusesync list | head -1` with more lines to come: the closed pipe ends the command
+    with no message (as coreutils end), not as an internal error."""
+    for i in range(3):
+        (tmp_path / f"d{i}").mkdir()
+        assert run("add", f"d{i}", str(tmp_path / f"d{i}")).exit_code == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusesync.cli", "list"],
+            stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE, text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (128 + 13, "")
+    # A broken pipe elsewhere (the mount's control socket) is no closed output: an
+    # output still open is not taken for one.
+    from fusesync import cli as cli_module
+
+    assert not cli_module._stdout_gone()
+
+
 def test_usage_errors_exit_2(fusesync_env) -> None:
     assert run("add").exit_code == 2
     assert run("no-such-verb").exit_code == 2
