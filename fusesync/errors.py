@@ -92,6 +92,15 @@ class IntegrityError(FusesyncError):
     errno = _errno.EIO
 
 
+class TreeFull(FusesyncError):
+    """The target's file system refused a write for want of room (ENOSPC, EDQUOT) or as
+    read-only (EROFS): every write after it would fail the same way, so the run stops."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
 class SafetyStop(FusesyncError):
     """A guard stopped a run before it could destroy data (empty listing, --max-delete)."""
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +371,57 @@ def test_pull_refuses_cleanly_on_bad_remote(one: Cluster, two: Cluster, fusesync
     assert result.exit_code == 1 and "cannot reach" in result.output
     assert time.monotonic() - started < 60
     assert index.read_bytes() == before
+
+
+@pytest.fixture
+def small_home(tmp_path: Path) -> Iterator[Path]:
+    """A cluster's home on a file system of its own, 512 KiB of room (tmpfs; root)."""
+    home = tmp_path / "small" / "home"
+    home.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(home)],
+                   check=True, capture_output=True)
+    try:
+        yield home
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True, capture_output=True)
+
+
+def test_a_pull_stops_at_a_full_or_read_only_file_system(
+    one: Cluster, small_home: Path, fusesync_env
+) -> None:
+    """A home out of room (or quota) fails every write after the first: the pull stops
+    there with one line saying so, keeps what it pulled, leaves no partial file, and a
+    pull once there is room finishes the job. Before, it downloaded everything and
+    skipped each remaining file on a line of its own."""
+    for folder in range(6):
+        (one.home / f"runs{folder}").mkdir()
+        for i in range(40):
+            (one.home / f"runs{folder}" / f"out{i:02d}.txt").write_bytes(os.urandom(16_000))
+    one.push()
+    small = Cluster(small_home.parent, fusesync_env.server, fusesync_env.bucket)
+
+    def kept() -> dict[str, tuple[str, int, str | bytes]]:
+        on_disk = tree_of(small.home)
+        assert not [p for p in on_disk if ".fusesync-tmp-" in p], "a partial file was left"
+        return on_disk
+
+    result = small.pull(status=1)
+    last = result.output.splitlines()[-1]
+    assert "No space left on device" in last and "make room and pull again" in last, last
+    assert "skipped" not in result.output
+    pulled = kept()
+    source = tree_of(one.home, skip=SKIP)
+    assert 0 < len(pulled) < len(source)
+    assert all(source[path] == entry for path, entry in pulled.items())
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small.home)], check=True)
+    result = small.pull(status=1)
+    assert "Read-only file system" in result.output.splitlines()[-1], result.output
+    assert kept() == pulled
+
+    subprocess.run(["mount", "-o", "remount,rw,size=16m", str(small.home)], check=True)
+    small.pull()
+    assert tree_of(small.home) == source
 
 
 def test_commands_run_in_one_process_leak_nothing(one: Cluster) -> None:

@@ -7,6 +7,7 @@ and write the remote one beside it. Rows change only after the tree has.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import IntegrityError, RemoteChanged
+from fusesync.errors import IntegrityError, RemoteChanged, TreeFull
 from fusesync.index import Index, Row, RowWriter
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
@@ -43,6 +44,11 @@ class Download(Landing):
 _T = TypeVar("_T")
 SKIPPED = (LocalChanged, UnsafePath, RemoteChanged, IntegrityError, OSError)
 """What leaves one path alone, reported, while the pull goes on."""
+TREE_FULL = {errno.ENOSPC: "make room and pull again",
+             errno.EDQUOT: "make room or have the quota raised, then pull again",
+             errno.EROFS: "make it writable and pull again"}
+"""Errors of the target's file system that every later write would meet too: the pull
+stops at the first one (TreeFull) rather than download the rest only to skip each."""
 BATCH = 512
 """Directories made or paths deleted per worker-thread hop (not cancelled half-way)."""
 SMALL = 1 << 20
@@ -151,7 +157,14 @@ class Puller:
             self._skip(action.path, exc)
 
     def _skip(self, path: str, exc: Exception) -> None:
-        """Report why `path` was left as it was (one of SKIPPED)."""
+        """Report why `path` was left as it was (one of SKIPPED); raise TreeFull for an
+        error no later write would escape."""
+        if isinstance(exc, OSError) and exc.errno in TREE_FULL:
+            raise TreeFull(
+                f"cannot write '{path}' in '{self.target.path}': {exc.strerror}; "
+                f"the {self.report.downloaded} files pulled so far are kept: "
+                f"{TREE_FULL[exc.errno]}", exc.errno,
+            ) from exc
         if isinstance(exc, RemoteChanged):
             why = "changed on the remote during the pull; pull again"
         elif isinstance(exc, OSError):
