@@ -101,6 +101,19 @@ class TreeFull(FusesyncError):
         self.errno = code
 
 
+class StateError(FusesyncError):
+    """fusesync's own files (a target's lock or index) cannot be written: the file system
+    holding them is out of room or quota, or read-only."""
+
+    def __init__(self, message: str, code: int = _errno.EIO) -> None:
+        super().__init__(f"{message}; {NO_ROOM[code]}" if code in NO_ROOM else message)
+        self.errno = code
+
+
+NO_ROOM = {_errno.ENOSPC: "make room and try again",
+           _errno.EDQUOT: "make room or have the quota raised, then try again"}
+
+
 class SafetyStop(FusesyncError):
     """A guard stopped a run before it could destroy data (empty listing, --max-delete)."""
 

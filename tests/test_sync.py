@@ -424,6 +424,52 @@ def test_a_pull_stops_at_a_full_or_read_only_file_system(
     assert tree_of(small.home) == source
 
 
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system holding `folder` but for `leave` bytes; the filler's path."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        size = 0
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                size += os.write(fd, b"\0" * 4096)
+        os.ftruncate(fd, max(0, size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_state_file_system_is_one_clear_line(small_home: Path, fusesync_env) -> None:
+    """fusesync's own state (the target's lock and index) on a file system out of room:
+    one line that says what and where, not an internal error, and all well once there is
+    room again."""
+    cluster = Cluster(small_home, fusesync_env.server, fusesync_env.bucket)
+    assert cluster.state.is_relative_to(small_home)  # state, settings and tree all on it
+    (cluster.home / "notes.txt").write_text("one\n")
+    cluster.push()
+
+    filler = fill(small_home)
+    result = cluster.cli("status")
+    assert result.exit_code == 1, result.output
+    lock = cluster.state / "default" / "lock"
+    assert result.output == (f"fusesync status: cannot write '{lock}': No space left on "
+                             "device; make room and try again\n")
+
+    filler.unlink()
+    (cluster.home / "notes.txt").write_text("two\n")
+    filler = fill(small_home, leave=4096)  # the lock's line fits; the index's writes do not
+    result = cluster.cli("push")
+    assert result.exit_code == 1, result.output
+    last = result.output.splitlines()[-1]  # the index's open, or a write after it
+    assert last.startswith(("fusesync push: cannot write the target's index: ",
+                            f"fusesync push: cannot write index {cluster.state}/")), last
+    assert last.endswith(": No space left on device; make room and try again"), last
+
+    filler.unlink()
+    cluster.push()
+    assert cluster.cli("status").output.splitlines()[-1] == "   in step: nothing to push or pull"
+
+
 def test_commands_run_in_one_process_leak_nothing(one: Cluster) -> None:
     """A caller that runs many commands in its own process (as these tests do) gets its
     garbage collector back as it was and keeps no file descriptor from finished runs."""

@@ -6,7 +6,9 @@ time: whichever thread holds the target's lock and is running the engine's curre
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fusesync.errors import FusesyncError
+from fusesync.errors import FusesyncError, StateError
 from fusesync.index.schema import MIGRATIONS, statements
 
 Row = sqlite3.Row
@@ -31,6 +33,30 @@ class NoSuchRow(FusesyncError):
 def _range_end(prefix: str) -> str:
     """The smallest string after every string that starts with `prefix + '/'`."""
     return prefix + "0"  # '0' is the character after '/'
+
+
+def unwritable(exc: sqlite3.Error, where: Path) -> int | None:
+    """The errno when `exc` comes of the file system holding `where` (the index's folder)
+    refusing writes, not of the index itself: SQLite's "database or disk is full", its
+    read-only errors, and its I/O errors while that file system has no room left (the
+    WAL's shared memory file cannot grow then: SQLITE_IOERR_SHMSIZE). Else None."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name == "SQLITE_FULL":
+        return errno.ENOSPC
+    if name.startswith("SQLITE_READONLY"):
+        return errno.EROFS
+    if name.startswith("SQLITE_IOERR"):
+        try:
+            room = os.statvfs(where)
+        except OSError:
+            return None
+        if room.f_bavail * room.f_frsize < FULL_BELOW:
+            return errno.ENOSPC
+    return None
+
+
+FULL_BELOW = 1 << 20
+"""Free bytes under which a file system counts as full for an I/O error of SQLite's."""
 
 
 class Index:
@@ -53,6 +79,9 @@ class Index:
                 conn.close()
                 raise
         except sqlite3.DatabaseError as exc:
+            code = unwritable(exc, path.parent)
+            if code is not None:
+                raise StateError(f"cannot write index {path}: {os.strerror(code)}", code) from exc
             raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
 
     def _migrate(self) -> None:

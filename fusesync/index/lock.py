@@ -7,11 +7,12 @@ its holder dies, so a killed run never leaves the target locked. The file names 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from pathlib import Path
 
-from fusesync.errors import BusyError
+from fusesync.errors import BusyError, StateError
 
 
 class TargetLock:
@@ -24,8 +25,11 @@ class TargetLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -33,8 +37,12 @@ class TargetLock:
             os.close(fd)
             who = f"{holder[0]} running as pid {holder[1]}" if len(holder) >= 2 else "in use"
             raise BusyError(f"target '{self.target}' is busy: {who}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{self.activity} {os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.activity} {os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise _unwritable(self.path, exc) from exc
         self._fd = fd
 
     def release(self) -> None:
@@ -50,3 +58,8 @@ class TargetLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _unwritable(path: Path, exc: OSError) -> StateError:
+    return StateError(f"cannot write '{path}': {exc.strerror}", exc.errno or errno.EIO)
+
