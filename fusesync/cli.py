@@ -10,7 +10,6 @@ import json
 import os
 import select
 import shutil
-import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -18,10 +17,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from fusesync import __version__, heap
-from fusesync.config import ADDRESSING_STYLES, Config, Target, state_root
+from fusesync.config import ADDRESSING_STYLES, Config, Target
 from fusesync.crypt.cli import passphrase_option, rekey, terminal_source
-from fusesync.errors import Declined, FusesyncError, StateError, first_leaf
-from fusesync.index.db import unwritable
+from fusesync.errors import Declined, FusesyncError, first_leaf
 from fusesync.index.lock import TargetLock
 
 if TYPE_CHECKING:
@@ -58,12 +56,6 @@ class FusesyncGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("", err=True)
             _fail(ctx, "interrupted", 130)
-        except sqlite3.OperationalError as exc:  # an index write, once it was open
-            code = unwritable(exc, state_root())
-            if code is None or ctx.params.get("debug"):
-                raise
-            error = StateError(f"cannot write the target's index: {os.strerror(code)}", code)
-            _fail(ctx, str(error), error.exit_status)
         except BrokenPipeError:
             if not _stdout_gone():
                 raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,17 @@ def one(tmp_path: Path, fusesync_env: FusesyncEnv) -> Cluster:
 def two(tmp_path: Path, fusesync_env: FusesyncEnv) -> Cluster:
     """A second cluster on the same bucket and prefix as `one`."""
     return Cluster(tmp_path / "two", fusesync_env.server, fusesync_env.bucket)
+
+
+@pytest.fixture
+def small_home(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a file system of its own with 512 KiB of room (tmpfs: the tests run as
+    root), for what a full home or quota does."""
+    home = tmp_path / "small" / "home"
+    home.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0755", "tmpfs", str(home)],
+                   check=True, capture_output=True)
+    try:
+        yield home
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=True, capture_output=True)

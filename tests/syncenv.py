@@ -3,6 +3,7 @@ one real S3 server and one bucket, driven through the real CLI."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -98,3 +99,22 @@ def keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found.extend(obj["Key"] for obj in page.get("Contents", []))
     return found
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system holding `folder` but for `leave` bytes; the filler's path."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        size = 0
+        try:
+            while True:
+                size += os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        if leave:
+            os.ftruncate(fd, max(0, size - leave))
+    finally:
+        os.close(fd)
+    return filler

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from support.mounting import as_user, assert_clean_log, mounted, open_to_all
-from syncenv import Cluster
+from syncenv import Cluster, fill
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -369,3 +369,30 @@ def test_refused_hard_link_says_eperm(home: Path) -> None:
     (home / "one").write_text("one")
     assert errno_of(lambda: os.link(home / "one", home / "two")) == errno.EPERM
     assert os.stat(home / "one").st_nlink == 1 and not (home / "two").exists()
+
+
+def test_a_full_file_system_answers_enospc_and_leaves_nothing_half_made(
+    small_home: Path, fusesync_env
+) -> None:
+    """A mounted home out of room (or quota), its state inside it as by default: a write
+    fails with ENOSPC as it would on the plain folder, and so does a new name, which the
+    journal cannot record then (it was EIO, with the file made all the same and a
+    traceback in the log); one log line says why. With room again, all goes on."""
+    cluster = Cluster(small_home, fusesync_env.server, fusesync_env.bucket)
+    cluster.env["XDG_STATE_HOME"] = str(cluster.home / ".local" / "state")
+    home = cluster.home
+    with mounted(home, cluster.env):
+        (home / "before.txt").write_text("room yet\n")
+        filler = fill(home)
+        assert errno_of(lambda: append(home / "before.txt", b"x" * 8192)) == errno.ENOSPC
+        assert errno_of(lambda: (home / "new.txt").write_text("x")) == errno.ENOSPC
+        assert not (home / "new.txt").exists() and "new.txt" not in os.listdir(home)
+        filler.unlink()
+        (home / "new.txt").write_text("room again\n")
+    assert (home / "new.txt").read_text() == "room again\n"
+    log = (cluster.home / ".local/state/fusesync/default/mount.log").read_text()
+    told = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(told) == 1 and "No space left on device" in told[0], told
+    assert "Traceback" not in log
+    cluster.push()
+    assert cluster.cli("status").output.splitlines()[-1] == "   in step: nothing to push or pull"

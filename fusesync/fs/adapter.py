@@ -11,12 +11,13 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
-from fusesync.errors import FusesyncError
+from fusesync.errors import FusesyncError, StateError
 from fusesync.fs.attrs import Attr, Caller, Changes, FsStats
 from fusesync.fs.nodes import Detached, UnknownInode
 from fusesync.fs.overlay import Overlay
@@ -47,12 +48,28 @@ def errno_of(exc: BaseException) -> int:
     """The errno a request that raised `exc` answers with: the one place that decides."""
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
+    if isinstance(exc, StateError):
+        _tell_of_state(exc)
     if isinstance(exc, FusesyncError):
         return exc.errno
     if isinstance(exc, Detached | UnknownInode):
         return errno.ENOENT
     log.error("unexpected error in a request", exc_info=exc)
     return errno.EIO
+
+
+_told_of_state = 0.0
+
+
+def _tell_of_state(exc: StateError) -> None:
+    """One log line a minute while the index cannot be written (its file system is full or
+    read-only): every change through the mount fails until then, each with that errno."""
+    global _told_of_state
+    now = time.monotonic()
+    if now - _told_of_state >= 60:
+        _told_of_state = now
+        log.error("%s; changes through the mount fail with %s until it can be written",
+                  str(exc).split("; ")[0], errno.errorcode.get(exc.errno, exc.errno))
 
 
 def replies(

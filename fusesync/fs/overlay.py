@@ -9,6 +9,7 @@ the same step. No pyfuse3 here: the adapter converts requests and errors.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -85,12 +86,15 @@ class Overlay(Namespace):
     ) -> tuple[int, Attr]:
         parent = self.node(parent_ino)
         dir_fd, path = self._new_entry(parent, name)
-        fd = os.open(
-            name,
-            (flags & (_KEPT_FLAGS | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
+        how = (flags & _KEPT_FLAGS) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, how | os.O_EXCL, 0o600, dir_fd=dir_fd)
+            made = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, how, 0o600, dir_fd=dir_fd)
+            made = False
         try:
             os.fchmod(fd, mode & ~caller.umask & 0o7777)
             self._own(dir_fd, name, caller)
@@ -99,6 +103,9 @@ class Overlay(Namespace):
             attr = Attr.from_stat(node.inode, os.fstat(fd))
         except BaseException:
             os.close(fd)
+            if made:  # (the journal could not be written, say): as if never made
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dir_fd)
             raise
         self.inodes.remember(node)
         fh = self.handles.add(Handle(node, fd, _writable(flags), marked=self.journal.seq))

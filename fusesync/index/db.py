@@ -7,14 +7,15 @@ time: whichever thread holds the target's lock and is running the engine's curre
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fusesync.errors import FusesyncError, StateError
 from fusesync.index.schema import MIGRATIONS, statements
@@ -57,6 +58,25 @@ def unwritable(exc: sqlite3.Error, where: Path) -> int | None:
 
 FULL_BELOW = 1 << 20
 """Free bytes under which a file system counts as full for an I/O error of SQLite's."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _writes(method: Callable[Concatenate[Index, _P], _T]) -> Callable[Concatenate[Index, _P], _T]:
+    """An index write whose file system may refuse it: StateError then, in one line."""
+    @functools.wraps(method)
+    def wrapper(index: Index, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(index, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            refused = index._refused(exc)
+            if refused is exc:
+                raise
+            raise refused from exc
+
+    return wrapper
 
 
 class Index:
@@ -106,15 +126,29 @@ class Index:
                     step(sqlite_utils.Database(conn))
                 conn.execute(f"PRAGMA user_version = {number + 1}")
 
-    @staticmethod
     @contextmanager
-    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-        conn.execute("BEGIN IMMEDIATE")
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        self._begin(conn)
         try:
             yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._commit(conn)
+
+    def _refused(self, exc: sqlite3.OperationalError) -> Exception:
+        """StateError for a write the index's file system refused (`unwritable`)."""
+        code = unwritable(exc, self.path.parent)
+        if code is None:
+            return exc
+        return StateError(f"cannot write index {self.path}: {os.strerror(code)}", code)
+
+    @_writes
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    @_writes
+    def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
     @contextmanager
@@ -203,6 +237,7 @@ class Index:
 
     # -- writing -------------------------------------------------------------------
 
+    @_writes
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES (?, ?) "
@@ -210,7 +245,8 @@ class Index:
             (key, value),
         )
 
-    def upsert(self, path: str, **columns: Any) -> None:
+    @_writes
+    def upsert(self, /, path: str, **columns: Any) -> None:
         """Set `columns` of `path`'s row, creating the row when missing."""
         names = ", ".join(columns)
         marks = ", ".join("?" for _ in columns)
@@ -222,6 +258,7 @@ class Index:
             (path, parent, *columns.values()),
         )
 
+    @_writes
     def upsert_many(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Like upsert for many rows; each row is (path, *values in `columns` order)."""
         names = ", ".join(columns)
@@ -233,16 +270,19 @@ class Index:
             ((row[0], row[0].rpartition("/")[0], *row[1:]) for row in rows),
         )
 
-    def update_where(self, where: str, params: Sequence[Any], **columns: Any) -> int:
+    @_writes
+    def update_where(self, /, where: str, params: Sequence[Any], **columns: Any) -> int:
         sets = ", ".join(f"{name} = ?" for name in columns)
         cursor = self.conn.execute(
             f"UPDATE paths SET {sets} WHERE {where}", (*columns.values(), *params)
         )
         return cursor.rowcount
 
+    @_writes
     def delete(self, path: str) -> None:
         self.conn.execute("DELETE FROM paths WHERE path = ?", (path,))
 
+    @_writes
     def prune(self) -> int:
         """Drop rows that say nothing any more: no base, no local, no remote, not dirty."""
         cursor = self.conn.execute(
