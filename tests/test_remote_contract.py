@@ -424,6 +424,33 @@ async def test_download_of_changed_or_missing_object(remote: Remote, tmp_path: P
             await remote.download_file("p/big", dest, if_match=etag, size=BIG + MiB)
 
 
+async def test_a_clock_far_off_is_told_as_such(
+    aws_env: None, s3_server: SeaweedServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh cluster whose clock is wrong: the store refuses every signed request (a
+    403 like bad credentials), and the user must hear of the clock, not of their keys.
+    Signed by boto3 (FUSESYNC_FAST_PATH=0), whose clock the test can move; the light
+    path's answers go through the same translation."""
+    import datetime
+
+    import botocore.auth
+    import botocore.crt.auth
+
+    def an_hour_on(remove_tzinfo: bool = True) -> datetime.datetime:
+        now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        return now.replace(tzinfo=None) if remove_tzinfo else now
+
+    monkeypatch.setenv("FUSESYNC_FAST_PATH", "0")
+    for signer in (botocore.auth, botocore.crt.auth):  # (botocore signs with the CRT if
+        monkeypatch.setattr(signer, "get_current_datetime", an_hour_on)  # it is there)
+    remote = S3Remote(Settings(bucket=bucket, endpoint_url=s3_server.endpoint_url,
+                               region=s3_server.region, addressing_style="path"))
+    with pytest.raises(RemoteError, match="clock is more than 15 minutes off") as caught:
+        async for _ in remote.list("p/"):  # (a HEAD's answer has no body to tell why)
+            pass
+    assert "credentials" not in str(caught.value)
+
+
 async def test_delete(remote: Remote) -> None:
     etag = await remote.put_bytes("p/d", b"one")
     with pytest.raises(RemoteChanged):

@@ -114,6 +114,11 @@ def translate(
             return BucketNotFound(f"bucket '{bucket}' does not exist at {endpoint}")
         if code in _MISSING or status == 404:
             return RemoteNotFound(f"{what} is not on the remote")
+        if code == "RequestTimeTooSkewed":  # (a 403 too: no credentials to check)
+            return RemoteError(
+                f"{endpoint} refused the request: this machine's clock is more than 15 "
+                f"minutes off the server's ({code}): set the clock (chrony, ntpd) and try again"
+            )
         if code in _DENIED or status == 403:
             return RemoteError(f"access denied by {endpoint}: check your credentials ({shown})")
         if code in _ELSEWHERE or status == 301:
