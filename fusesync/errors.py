@@ -107,6 +107,7 @@ class StateError(FusesyncError):
 
     def __init__(self, message: str, code: int = _errno.EIO) -> None:
         super().__init__(f"{message}; {NO_ROOM[code]}" if code in NO_ROOM else message)
+        self.reason = message  # without what to do about it
         self.errno = code
 
 

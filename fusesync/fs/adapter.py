@@ -69,7 +69,7 @@ def _tell_of_state(exc: StateError) -> None:
     if now - _told_of_state >= 60:
         _told_of_state = now
         log.error("%s; changes through the mount fail with %s until it can be written",
-                  str(exc).split("; ")[0], errno.errorcode.get(exc.errno, exc.errno))
+                  exc.reason, errno.errorcode.get(exc.errno, exc.errno))
 
 
 def replies(

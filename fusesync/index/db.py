@@ -71,10 +71,10 @@ def _writes(method: Callable[Concatenate[Index, _P], _T]) -> Callable[Concatenat
         try:
             return method(index, *args, **kwargs)
         except sqlite3.OperationalError as exc:
-            refused = index._refused(exc)
-            if refused is exc:
+            code = unwritable(exc, index.path.parent)
+            if code is None:
                 raise
-            raise refused from exc
+            raise index.refused(code) from exc
 
     return wrapper
 
@@ -83,6 +83,7 @@ class Index:
     """One target's index. Use as a context manager, or call close()."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -91,7 +92,6 @@ class Index:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self.conn = conn
-            self.path = path
             self._rollbacks = 0
             try:
                 self._migrate()
@@ -101,7 +101,7 @@ class Index:
         except sqlite3.DatabaseError as exc:
             code = unwritable(exc, path.parent)
             if code is not None:
-                raise StateError(f"cannot write index {path}: {os.strerror(code)}", code) from exc
+                raise self.refused(code) from exc
             raise IndexUnusable(f"index {path} is unreadable: {exc}") from exc
 
     def _migrate(self) -> None:
@@ -136,11 +136,8 @@ class Index:
             raise
         self._commit(conn)
 
-    def _refused(self, exc: sqlite3.OperationalError) -> Exception:
-        """StateError for a write the index's file system refused (`unwritable`)."""
-        code = unwritable(exc, self.path.parent)
-        if code is None:
-            return exc
+    def refused(self, code: int) -> StateError:
+        """The error of a write the index's file system refused with `code`."""
         return StateError(f"cannot write index {self.path}: {os.strerror(code)}", code)
 
     @_writes
