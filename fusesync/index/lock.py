@@ -62,4 +62,3 @@ class TargetLock:
 
 def _unwritable(path: Path, exc: OSError) -> StateError:
     return StateError(f"cannot write '{path}': {exc.strerror}", exc.errno or errno.EIO)
-
