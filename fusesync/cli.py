@@ -378,7 +378,9 @@ def pull(ctx: click.Context, name: str, dry_run: bool, max_delete: float,
 
     A file changed on both sides keeps the local version at its path; the remote one is
     written beside it as NAME.conflict-HOST-YYYYMMDD-HHMMSS[.ext] (exit status 3).
-    A local file is deleted only if it is unchanged since the last sync.
+    A local file is deleted only if it is unchanged since the last sync. Files arrive
+    whole or not at all; a directory out of room or quota stops the pull at the first
+    file refused, keeping what came before it: pull again once there is room.
 
     Encrypted files are decrypted with the passphrase (asked for, or $FUSESYNC_PASSPHRASE
     or --passphrase-file); without it they are left unpulled and listed.
