@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import email.utils
 import functools
 import hashlib
 import os
@@ -114,10 +115,12 @@ def translate(
             return BucketNotFound(f"bucket '{bucket}' does not exist at {endpoint}")
         if code in _MISSING or status == 404:
             return RemoteNotFound(f"{what} is not on the remote")
-        if code == "RequestTimeTooSkewed":  # (a 403 too: no credentials to check)
+        off = _clock_off(exc.response) if status == 403 else None
+        if code == "RequestTimeTooSkewed" or off is not None:  # (no credentials to check)
+            by = f"{off:+.0f} minutes" if off is not None else "more than 15 minutes"
             return RemoteError(
-                f"{endpoint} refused the request: this machine's clock is more than 15 "
-                f"minutes off the server's ({code}): set the clock (chrony, ntpd) and try again"
+                f"{endpoint} refused the request: this machine's clock is {by} off the "
+                f"server's ({shown}): set the clock (chrony, ntpd) and try again"
             )
         if code in _DENIED or status == 403:
             return RemoteError(f"access denied by {endpoint}: check your credentials ({shown})")
@@ -140,6 +143,30 @@ def translate(
     if isinstance(exc, TransportError | HTTPClientError | IncompleteReadError):
         return RemoteError(_one_line(f"cannot reach {endpoint}: {exc}"))
     return RemoteError(_one_line(f"{op} of {what} at {endpoint} failed: {exc}"))
+
+
+SKEW_ALLOWED = 15 * 60
+"""Seconds S3 lets a request's signing time differ from its own clock."""
+
+
+def _clock_off(response: Mapping[str, Any]) -> float | None:
+    """Minutes this machine's clock is ahead of the server's (behind: negative) when more
+    than S3 allows, from the answer's Date header; None otherwise or without one. A
+    refused HEAD has no body to name RequestTimeTooSkewed: this tells it from bad keys."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+    date = headers.get("date") or headers.get("Date")
+    if not date:
+        return None
+    try:
+        server = email.utils.parsedate_to_datetime(str(date)).timestamp()
+    except (TypeError, ValueError):
+        return None
+    off = _now() - server
+    return off / 60 if abs(off) > SKEW_ALLOWED else None
+
+
+def _now() -> float:
+    return time.time()
 
 
 def _one_line(text: str) -> str:
