@@ -94,3 +94,26 @@ def test_a_step_that_reshapes_a_table_gets_sqlite_utils(
         types = {row["name"]: row["type"] for row in index.conn.execute("PRAGMA table_info(meta)")}
         assert types["value"] == "INTEGER"
         assert index.require("notes.txt")["base_etag"] == "e1"
+
+
+def test_undone_writes_are_seen_inside_and_gone_after(tmp_path: Path) -> None:
+    """What a dry run or a status plans from: a listing recorded, planned from, undone;
+    a transaction inside (record_remote's) nests as a savepoint."""
+    with Index(tmp_path / "index.db") as index:
+        index.upsert("kept", remote_kind="file", remote_size=1)
+        before = index.version()
+        with index.undone():
+            with index.transaction():
+                index.upsert("new", remote_kind="file", remote_size=2)
+                index.upsert("kept", remote_size=3)
+            with pytest.raises(KeyError), index.transaction():
+                index.upsert("never", remote_kind="file")
+                raise KeyError("a step that fails half-way")
+            assert index.get("never") is None  # the savepoint alone was rolled back
+            assert index.require("new")["remote_size"] == 2
+            assert index.require("kept")["remote_size"] == 3
+        assert index.get("new") is None and index.require("kept")["remote_size"] == 1
+        assert index.version() != before  # cached reads of the rows must look again
+        with index.transaction():  # and the index is writable as ever
+            index.upsert("after", remote_kind="file")
+        assert index.get("after") is not None

@@ -53,8 +53,16 @@ def test_remote_only_entries_show_real_attributes_before_any_download(
     populate_remote(one)
     (two.home / "mine.txt").write_text("mine")
     with mounted(two.home, two.env):
+        would = mounted_run(two, "pull", dry_run=True, max_delete=0.5)
+        assert {line for line in would.splitlines() if "would fetch" in line} >= {
+            "   would fetch: script.sh", "   would fetch: docs/notes.txt",
+            "   would fetch: big.bin", "   would fetch: link"}, would
+        assert sorted(os.listdir(two.home)) == ["mine.txt"]  # a dry run shows nothing new
+        status = mounted_run(two, "status", json=False)
+        assert "script.sh" in status  # (to pull)
+        assert sorted(os.listdir(two.home)) == ["mine.txt"]  # nor does a status
         output = mounted_run(two, "pull")
-        assert "0 downloaded" in output
+        assert "0 downloaded" in output and "would" not in output
         names = sorted(os.listdir(two.home))
         assert names == ["big.bin", "docs", "link", "mine.txt", "script.sh"]
         st = os.stat(two.home / "script.sh")

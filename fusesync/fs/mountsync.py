@@ -170,7 +170,7 @@ class MountService:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
         async with self._busy:
-            if verb != "pull":  # a push changes the remote, a status records a listing
+            if verb == "push":  # a push changes the remote
                 self._warm = None
             with self.overlay.changing():  # a pull changes the tree behind the requests
                 return await self._handle(verb, request)
@@ -294,6 +294,8 @@ class MountService:
 
     async def pull(self, dry_run: bool, max_delete: float) -> Report:
         report = Report("pull", dry_run=dry_run)
+        if dry_run:
+            return await self._dry_pull(report, max_delete)
         if self.index.count("remote_from IS NOT NULL"):
             self._warm = None  # moves to carry first: the listing must see them
         await self._moves_carried(report)
@@ -301,12 +303,8 @@ class MountService:
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
         guard_empty_remote(listing.empty, self.index, self.target)
-        actions = [a for row in self._moved_rows(listing.moved)
-                   if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
+        actions = self._pull_actions(())
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
-        if dry_run:
-            report.planned = actions
-            return report.done()
         open_paths = self._open_paths(writable=False)
         writing = self._open_paths(writable=True)
         delegated: list[Action] = []
@@ -340,14 +338,37 @@ class MountService:
         await self.forget_in_kernel(sorted({*(a.path for a in actions), *listing.moved}))
         return report.done()
 
-    def _moved_rows(self, listed: Sequence[str]) -> list[Row]:
+    async def _dry_pull(self, report: Report, max_delete: float) -> Report:
+        """What pull would do, planned from a listing recorded only while it is planned
+        from (Index.undone): the mount shows nothing new after it, and no pending move is
+        carried to the remote."""
+        rows, listing = await list_remote(self.remote, self.target, self.exclude,
+                                          last_listing(self.index, self.target))
+        report.skipped.extend(listing.skipped)
+        report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
+        with self.index.undone():
+            record_remote(self.index, rows, listing)
+            guard_empty_remote(listing.empty, self.index, self.target)
+            actions = self._pull_actions(listing.moved)
+        guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
+        report.planned = actions
+        return report.done()
+
+    def _pull_actions(self, shown: Sequence[str]) -> list[Action]:
+        return [a for row in self._moved_rows(shown)
+                if (a := plan_pull(row)) is not None and not excluded(self.exclude, row)]
+
+    def _moved_rows(self, shown: Sequence[str]) -> list[Row]:
         """The rows pull acts on (REMOTE_MOVED), but of the entries never fetched only those
-        this listing changed: with no base, every one of them counts as moved at every
-        pull, and a pull with nothing new cost a plan of each (40 ms at 5,000 paths) and
-        dropped every name the kernel had cached."""
+        in `shown` (what a dry run's listing changed, to show them): with no base, every
+        one of them counts as moved at every pull, and a pull with nothing new cost a plan
+        of each (40 ms at 5,000 paths) and dropped every name the kernel had cached. A pull
+        itself has nothing to do for them (each stays remote-only, absent from the tree, as
+        the listing recorded it): a first pull of 5,000 entries planned each for nothing,
+        ~40 ms."""
         changed = "path IN (SELECT value FROM json_each(?))"
         return list(self.index.rows(f"(NOT ({NEVER_FETCHED}) OR {changed}) AND ({REMOTE_MOVED})",
-                                    (json.dumps(listed),)))
+                                    (json.dumps(shown),)))
 
     def _open_paths(self, writable: bool) -> set[str]:
         nodes = self.overlay.handles.open_nodes(writable)
@@ -385,20 +406,28 @@ class MountService:
                                 "was done")
 
     async def status(self) -> Status:
-        await self._moves_carried(Report("status"))
-        listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
+        """Planned, as a dry run is, from a listing recorded only while it is planned from:
+        the mount shows nothing new after it, and no pending move is carried."""
+        rows, listing = await list_remote(self.remote, self.target, self.exclude,
+                                          last_listing(self.index, self.target))
         skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
         result = Status(skipped=[*listing.skipped, *skipped])
-        for row in self.index.rows():
-            if excluded(self.exclude, row):
-                continue
-            push = plan_push(row, remote_listed=True)
-            if push is not None:
-                result.push.append(push)
-            pull = plan_pull(row)
-            remote_only = row["local_kind"] is None and is_remote_entry(row)
-            if pull is not None and not (pull.op == Op.FETCH and remote_only):
-                result.pull.append(pull)
+        with self.index.undone():
+            record_remote(self.index, rows, listing)
+            new = set(listing.moved)
+            for row in self.index.rows():
+                if excluded(self.exclude, row):
+                    continue
+                push = plan_push(row, remote_listed=True)
+                if push is not None:
+                    result.push.append(push)
+                pull = plan_pull(row)
+                # an entry the mount shows already, never fetched, is no pull to do (it
+                # has no base: it would count as new at every status)
+                shown = row["local_kind"] is None and is_remote_entry(row) \
+                    and row["path"] not in new
+                if pull is not None and not (pull.op == Op.FETCH and shown):
+                    result.pull.append(pull)
         return result
 
 

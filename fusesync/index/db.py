@@ -128,6 +128,16 @@ class Index:
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        if conn.in_transaction:  # inside another (`undone`): a savepoint of its own
+            conn.execute("SAVEPOINT nested")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK TO nested")
+                raise
+            finally:
+                conn.execute("RELEASE nested")
+            return
         self._begin(conn)
         try:
             yield
@@ -157,6 +167,18 @@ class Index:
         except BaseException:
             self._rollbacks += 1  # what was read inside may be gone: see version()
             raise
+
+    @contextmanager
+    def undone(self) -> Iterator[None]:
+        """Writes inside are seen inside, then undone: what a dry run plans from, leaving
+        every row as it was. Hold it across no `await`: a write another task made meanwhile
+        through this connection would be undone with them."""
+        self._begin(self.conn)
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK")
+            self._rollbacks += 1  # what was read inside is gone: see version()
 
     def close(self) -> None:
         self.conn.close()
