@@ -1,10 +1,11 @@
 """Renames made in the mount, carried to the remote: copies on the server, then deletes.
 
 A rename moves remote-only entries as index rows only (journal.move_tree): each new row
-still points at the object under its old path (remote_from). Before push, pull or status
-looks at the remote, every such object is copied to its new key inside the store (no
-byte passes through here), the manifest learns the new path, and only then is the old
-object deleted. A copy that fails leaves both rows as they were, for the next run.
+still points at the object under its old path (remote_from). Before push or pull looks
+at the remote (not a status or a dry run: they change nothing), every such object is
+copied to its new key inside the store (no byte passes through here), the manifest learns
+the new path, and only then is the old object deleted. A copy that fails leaves both rows
+as they were, for the next run.
 """
 
 from __future__ import annotations
