@@ -62,7 +62,9 @@ def test_remote_only_entries_show_real_attributes_before_any_download(
         assert "script.sh" in status  # (to pull)
         assert sorted(os.listdir(two.home)) == ["mine.txt"]  # nor does a status
         output = mounted_run(two, "pull")
-        assert "0 downloaded" in output and "would" not in output
+        assert "0 downloaded (0 B), 5 shown remote-only, 0 deleted" in output, output
+        assert "would" not in output
+        assert "   0 downloaded (0 B), 0 deleted" in mounted_run(two, "pull")  # all shown
         names = sorted(os.listdir(two.home))
         assert names == ["big.bin", "docs", "link", "mine.txt", "script.sh"]
         st = os.stat(two.home / "script.sh")

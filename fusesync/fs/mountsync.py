@@ -305,6 +305,9 @@ class MountService:
         guard_empty_remote(listing.empty, self.index, self.target)
         actions = self._pull_actions(())
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
+        report.shown = self.index.count(
+            f"({NEVER_FETCHED}) AND remote_kind IS NOT NULL "
+            "AND path IN (SELECT value FROM json_each(?))", (json.dumps(listing.moved),))
         open_paths = self._open_paths(writable=False)
         writing = self._open_paths(writable=True)
         delegated: list[Action] = []

@@ -37,6 +37,9 @@ class Report:
     downloaded: int = 0
     downloaded_bytes: int = 0
     deleted: int = 0
+    shown: int = 0
+    """A pull through the mount: entries its listing brought or changed that the mount now
+    shows, remote-only (each fetched on its first open)."""
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     planned: list[Action] = field(default_factory=list)
@@ -56,6 +59,8 @@ class Report:
             moved = f"{self.uploaded} uploaded ({human_size(self.uploaded_bytes)})"
         else:
             moved = f"{self.downloaded} downloaded ({human_size(self.downloaded_bytes)})"
+            if self.shown:
+                moved += f", {self.shown} shown remote-only"
         n = len(self.conflicts)
         text = (
             f"{moved}, {self.deleted} deleted, {n} conflict{'s' if n != 1 else ''}"
@@ -74,6 +79,7 @@ class Report:
             "downloaded": self.downloaded,
             "downloaded_bytes": self.downloaded_bytes,
             "deleted": self.deleted,
+            "shown": self.shown,
             "conflicts": [{"path": p, "reason": r} for p, r in self.conflicts],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "planned": [
