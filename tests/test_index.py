@@ -117,3 +117,27 @@ def test_undone_writes_are_seen_inside_and_gone_after(tmp_path: Path) -> None:
         with index.transaction():  # and the index is writable as ever
             index.upsert("after", remote_kind="file")
         assert index.get("after") is not None
+
+
+def test_a_refused_commit_leaves_no_transaction_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT the file system refuses (out of room) undoes the transaction: one left
+    open would swallow every write after it, never to be committed."""
+    from fusesync.errors import StateError
+
+    with Index(tmp_path / "index.db") as index:
+        real = Index._commit
+
+        def refused(self: Index, conn: sqlite3.Connection) -> None:
+            raise StateError("cannot write index: No space left on device", 28)
+
+        monkeypatch.setattr(Index, "_commit", refused)
+        with pytest.raises(StateError), index.transaction():
+            index.upsert("lost", remote_kind="file")
+        assert not index.conn.in_transaction and index.get("lost") is None
+        monkeypatch.setattr(Index, "_commit", real)
+        with index.transaction():
+            index.upsert("kept", remote_kind="file")
+    with Index(tmp_path / "index.db") as again:
+        assert again.get("kept") is not None

@@ -84,6 +84,7 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._undoing = False
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -128,7 +129,7 @@ class Index:
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
-        if conn.in_transaction:  # inside another (`undone`): a savepoint of its own
+        if self._undoing:  # inside `undone`: a savepoint of its own
             conn.execute("SAVEPOINT nested")
             try:
                 yield
@@ -141,10 +142,11 @@ class Index:
         self._begin(conn)
         try:
             yield
+            self._commit(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # (a COMMIT refused, say, for want of room)
+                conn.execute("ROLLBACK")
             raise
-        self._commit(conn)
 
     def refused(self, code: int) -> StateError:
         """The error of a write the index's file system refused with `code`."""
@@ -174,9 +176,11 @@ class Index:
         every row as it was. Hold it across no `await`: a write another task made meanwhile
         through this connection would be undone with them."""
         self._begin(self.conn)
+        self._undoing = True
         try:
             yield
         finally:
+            self._undoing = False
             self.conn.execute("ROLLBACK")
             self._rollbacks += 1  # what was read inside is gone: see version()
 
