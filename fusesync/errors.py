@@ -92,23 +92,26 @@ class IntegrityError(FusesyncError):
     errno = _errno.EIO
 
 
-class TreeFull(FusesyncError):
-    """The target's file system refused a write for want of room (ENOSPC, EDQUOT) or as
-    read-only (EROFS): every write after it would fail the same way, so the run stops."""
+class WriteRefused(FusesyncError):
+    """A file system refused a write for want of room (ENOSPC, EDQUOT) or as read-only
+    (EROFS); the errno is the one it answered."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int = _errno.EIO) -> None:
         super().__init__(message)
         self.errno = code
 
 
-class StateError(FusesyncError):
-    """fusesync's own files (a target's lock or index) cannot be written: the file system
-    holding them is out of room or quota, or read-only."""
+class TreeFull(WriteRefused):
+    """The target's file system refused a write: every write after it would fail the same
+    way, so the run stops."""
+
+
+class StateError(WriteRefused):
+    """fusesync's own files (a target's lock or index) cannot be written."""
 
     def __init__(self, message: str, code: int = _errno.EIO) -> None:
-        super().__init__(f"{message}; {NO_ROOM[code]}" if code in NO_ROOM else message)
+        super().__init__(f"{message}; {NO_ROOM[code]}" if code in NO_ROOM else message, code)
         self.reason = message  # without what to do about it
-        self.errno = code
 
 
 NO_ROOM = {_errno.ENOSPC: "make room and try again",

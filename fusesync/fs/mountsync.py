@@ -61,6 +61,11 @@ NEVER_FETCHED = "local_kind IS NULL AND base_kind IS NULL AND dirty = 0"
 """SQL for a remote-only entry never fetched here: shown from its remote row alone, with
 no base (an evicted file keeps the base it was fetched at)."""
 
+MOVES_WAITING = "remote_from IS NOT NULL"
+"""SQL for the rows of renamed remote-only entries whose objects wait to be copied."""
+LISTED = "path IN (SELECT value FROM json_each(?))"
+"""SQL for the rows whose paths are in a JSON list (the one parameter)."""
+
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
 Listed = tuple[dict[str, tuple[Any, ...]] | None, RemoteScan]
 log = logging.getLogger("fusesync.mount")
@@ -114,7 +119,7 @@ class MountService:
         and its listing must see them (it drops this one then); nor for a tree larger
         than head_start.MOUNT_LISTS_UPTO."""
         last = last_listing(self.index, self.target)
-        if self.index.count("remote_from IS NOT NULL") or not mount_lists(last):
+        if self.index.count(MOVES_WAITING) or not mount_lists(last):
             return
         warm = self._warm = WarmListing()
         try:
@@ -237,7 +242,7 @@ class MountService:
                 actions.append(action)
         # a folder emptied through the mount: only the folders of what changed can be
         emptied = self.index.rows(
-            f"path IN (SELECT value FROM json_each(?)) AND {EMPTIED_FOLDER}",
+            f"{LISTED} AND {EMPTIED_FOLDER}",
             (json.dumps(sorted({row["parent"] for row in journaled})),),
         )
         actions += keep_emptied((r for r in emptied if not excluded(self.exclude, r)), actions)
@@ -296,7 +301,7 @@ class MountService:
         report = Report("pull", dry_run=dry_run)
         if dry_run:
             return await self._dry_pull(report, max_delete)
-        if self.index.count("remote_from IS NOT NULL"):
+        if self.index.count(MOVES_WAITING):
             self._warm = None  # moves to carry first: the listing must see them
         await self._moves_carried(report)
         listing = await self._listing()
@@ -306,8 +311,8 @@ class MountService:
         actions = self._pull_actions(())
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         report.shown = self.index.count(
-            f"({NEVER_FETCHED}) AND remote_kind IS NOT NULL "
-            "AND path IN (SELECT value FROM json_each(?))", (json.dumps(listing.moved),))
+            f"({NEVER_FETCHED}) AND remote_kind IS NOT NULL AND {LISTED}",
+            (json.dumps(listing.moved),))
         open_paths = self._open_paths(writable=False)
         writing = self._open_paths(writable=True)
         delegated: list[Action] = []
@@ -345,10 +350,8 @@ class MountService:
         """What pull would do, planned from a listing recorded only while it is planned
         from (Index.undone): the mount shows nothing new after it, and no pending move is
         carried to the remote."""
-        rows, listing = await list_remote(self.remote, self.target, self.exclude,
-                                          last_listing(self.index, self.target))
-        report.skipped.extend(listing.skipped)
-        report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
+        rows, listing, skipped = await self._listed_aside()
+        report.skipped.extend(skipped)
         with self.index.undone():
             record_remote(self.index, rows, listing)
             guard_empty_remote(listing.empty, self.index, self.target)
@@ -356,6 +359,16 @@ class MountService:
         guard_deletes(actions, Op.DELETE_LOCAL, max_delete, self._synced_files)
         report.planned = actions
         return report.done()
+
+    async def _listed_aside(self) -> tuple[dict[str, tuple[Any, ...]] | None, RemoteScan,
+                                           list[tuple[str, str]]]:
+        """The remote listed but not recorded (`record_remote` inside `Index.undone`, by
+        the caller), the journaled paths looked at, and what both skipped: what a dry run
+        and a status plan from."""
+        rows, listing = await list_remote(self.remote, self.target, self.exclude,
+                                          last_listing(self.index, self.target))
+        skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
+        return rows, listing, [*listing.skipped, *skipped]
 
     def _pull_actions(self, shown: Sequence[str]) -> list[Action]:
         return [a for row in self._moved_rows(shown)
@@ -369,8 +382,7 @@ class MountService:
         itself has nothing to do for them (each stays remote-only, absent from the tree, as
         the listing recorded it): a first pull of 5,000 entries planned each for nothing,
         ~40 ms."""
-        changed = "path IN (SELECT value FROM json_each(?))"
-        return list(self.index.rows(f"(NOT ({NEVER_FETCHED}) OR {changed}) AND ({REMOTE_MOVED})",
+        return list(self.index.rows(f"(NOT ({NEVER_FETCHED}) OR {LISTED}) AND ({REMOTE_MOVED})",
                                     (json.dumps(shown),)))
 
     def _open_paths(self, writable: bool) -> set[str]:
@@ -401,7 +413,7 @@ class MountService:
     async def _moves_carried(self, report: Report) -> None:
         """Carry pending moves, or stop: a listing would drop the entries still waiting."""
         await self.carry_moves(report)
-        waiting = self.index.count("remote_from IS NOT NULL")
+        waiting = self.index.count(MOVES_WAITING)
         if waiting:
             problems = "; ".join(f"{p}: {why}" for p, why in [*report.conflicts, *report.skipped])
             raise FusesyncError(f"{waiting} renamed remote-only entries could not be copied "
@@ -411,10 +423,8 @@ class MountService:
     async def status(self) -> Status:
         """Planned, as a dry run is, from a listing recorded only while it is planned from:
         the mount shows nothing new after it, and no pending move is carried."""
-        rows, listing = await list_remote(self.remote, self.target, self.exclude,
-                                          last_listing(self.index, self.target))
-        skipped = await self.detect(self.journal.dirty_rows(self.journal.seq))
-        result = Status(skipped=[*listing.skipped, *skipped])
+        rows, listing, skipped = await self._listed_aside()
+        result = Status(skipped=skipped)
         with self.index.undone():
             record_remote(self.index, rows, listing)
             new = set(listing.moved)
