@@ -26,7 +26,6 @@ from support.mounting import (
 from syncenv import Cluster, tree_of
 
 from fusesync.fs.adapter import READDIR_BY_INODE
-from fusesync.fs.mountsync import WARM_FOR
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,7 +51,7 @@ def test_remote_only_entries_show_real_attributes_before_any_download(
 ) -> None:
     populate_remote(one)
     (two.home / "mine.txt").write_text("mine")
-    with mounted(two.home, two.env):
+    with mounted(two.home, two.env, "default", "--no-pull"):  # shown by the pull below
         would = mounted_run(two, "pull", dry_run=True, max_delete=0.5)
         assert {line for line in would.splitlines() if "would fetch" in line} >= {
             "   would fetch: script.sh", "   would fetch: docs/notes.txt",
@@ -348,40 +347,40 @@ def test_pushes_through_the_mount_merge_the_manifest_another_cluster_wrote(
     assert_clean_log(two)
 
 
-def test_a_pull_right_after_mounting_takes_the_listing_begun_at_mount(
-    one: Cluster, two: Cluster
-) -> None:
-    """A first login mounts and then pulls: the daemon lists the remote as it starts,
-    and that pull records this listing rather than listing again; but not once the
-    manifest moved since (a push from another cluster), the daemon pushed itself, or
-    the listing is older than WARM_FOR."""
+def test_a_mount_pulls_as_it_starts(one: Cluster, two: Cluster) -> None:
+    """`fusesync mount` pulls before it says it is mounted: the remote's tree shows at
+    once, its summary said; a later mount shows what another cluster pushed meanwhile
+    and says what conflicts with a change made here while unmounted; `--no-pull` shows
+    only what the last sync knew."""
     populate_remote(one)
-    log = two.state / "default" / "mount.log"
-    listed, held = "listed the remote for the first pull", "the listing begun at mount"
-    with mounted(two.home, two.env):
-        assert "0 downloaded" in mounted_run(two, "pull")
+    url = f"s3://{two.bucket}/sync/tester/default"
+    with mounted(two.home, two.env) as live:
         assert sorted(os.listdir(two.home)) == ["big.bin", "docs", "link", "script.sh"]
-        assert log.read_text().count(held) == 1
-    with mounted(two.home, two.env):
-        wait_until(lambda: log.read_text().count(listed) == 2, 10, "the mount's listing")
-        (one.home / "added.txt").write_text("pushed after that listing")
-        one.push()
+        assert f"fusesync mount: pulled {url}: 0 downloaded (0 B), 5 shown remote-only, " \
+               "0 deleted, 0 conflicts" in live.output(), live.output()
+        assert (two.home / "docs" / "notes.txt").read_text() == "remote notes\n"
+        assert "0 downloaded (0 B), 0 deleted" in mounted_run(two, "pull")  # all there
+    (one.home / "added.txt").write_text("pushed while two was unmounted")
+    (one.home / "docs" / "notes.txt").write_text("changed on one\n")
+    (one.home / "script.sh").write_text("#!/bin/sh\necho one\n")
+    one.push()
+    (two.home / "script.sh").write_text("#!/bin/sh\necho two\n")  # two's own, unmounted
+    with mounted(two.home, two.env) as live:
+        assert (two.home / "added.txt").read_text() == "pushed while two was unmounted"
+        assert (two.home / "docs" / "notes.txt").read_text() == "changed on one\n"
+        said = live.output()
+        assert "1 conflict " in said and "fusesync mount:    conflict: script.sh: " in said, said
+        assert (two.home / "script.sh").read_text() == "#!/bin/sh\necho two\n"
+        copies = [name for name in os.listdir(two.home) if ".conflict-" in name]
+        assert [(two.home / name).read_text() for name in copies] == ["#!/bin/sh\necho one\n"]
+    (one.home / "later.txt").write_text("later")
+    one.push()
+    with mounted(two.home, two.env, "default", "--no-pull") as live:
+        assert "pulled" not in live.output()
+        assert not (two.home / "later.txt").exists()
         mounted_run(two, "pull")
-        assert (two.home / "added.txt").read_text() == "pushed after that listing"
-        assert log.read_text().count(held) == 1  # the manifest moved: listed anew
-    with mounted(two.home, two.env):
-        (two.home / "mine.txt").write_text("pushed through the mount")
-        mounted_run(two, "push")
-        assert "0 downloaded" in mounted_run(two, "pull")
-        assert log.read_text().count(held) == 1  # the daemon pushed: listed anew
-        assert sorted(os.listdir(two.home)) == ["added.txt", "big.bin", "docs", "link",
-                                                "mine.txt", "script.sh"]
-    with mounted(two.home, two.env):
-        wait_until(lambda: log.read_text().count(listed) == 4, 10, "the mount's listing")
-        time.sleep(WARM_FOR + 0.5)
-        assert "0 downloaded" in mounted_run(two, "pull")
-        assert log.read_text().count(held) == 1  # too old by then: listed anew
-    assert_clean_log(two)
+        assert (two.home / "later.txt").read_text() == "later"
+    assert_clean_log(two, allowed=("conflict",))
 
 
 def test_a_small_file_that_fails_its_md5_gives_no_byte_to_a_read(
@@ -396,7 +395,7 @@ def test_a_small_file_that_fails_its_md5_gives_no_byte_to_a_read(
     with db:
         db.execute("UPDATE paths SET remote_md5 = ? WHERE path = 'docs/notes.txt'", ("0" * 32,))
     db.close()
-    with mounted(two.home, two.env):
+    with mounted(two.home, two.env, "default", "--no-pull"):  # (a pull would mend it)
         with pytest.raises(OSError) as caught, (two.home / "docs" / "notes.txt").open("rb") as f:
             f.read()
         assert caught.value.errno == errno.EIO

@@ -132,9 +132,10 @@ def test_offline_mount_serves_local_files_and_fails_remote_only_with_eio(
     result = two.cli("setup", "--bucket", two.bucket, "--endpoint-url", dead,
                      "--addressing-style", "path")
     assert result.exit_code == 0, result.output
-    with mounted(two.home, two.env):
-        code, output = forward_in(two.env, "pull")  # right after mounting: the mount's
-        assert code == 1 and "cannot reach" in output  # own listing met it already
+    with mounted(two.home, two.env) as live:
+        assert "fusesync mount: not pulled: cannot reach" in live.output()  # and mounted
+        code, output = forward_in(two.env, "pull")
+        assert code == 1 and "cannot reach" in output
         assert (two.home / "local.txt").read_text() == "local"
         assert os.stat(two.home / "big.bin").st_size == 3 << 20
         with pytest.raises(OSError) as caught:
@@ -146,7 +147,7 @@ def test_offline_mount_serves_local_files_and_fails_remote_only_with_eio(
     assert os.listdir(two.home / "docs") == []
     log = (two.state / "default" / "mount.log").read_text()
     assert log.count("fetch of 'docs/notes.txt' failed") == 1
-    assert log.count("could not list the remote at mount: cannot reach") == 1
+    assert log.count("pull at mount: not pulled: cannot reach") == 1
 
 
 def test_state_folder_inside_the_mounted_home(tmp_path: Path, fusesync_env: FusesyncEnv
@@ -223,3 +224,43 @@ def test_a_reply_the_kernel_no_longer_waits_for_is_no_error_in_the_log(tmp_path:
     assert "fuse_release()" not in text
     invalid = os.strerror(errno.EINVAL)
     assert f"ERROR pyfuse3: fuse_read(): fuse_reply_* failed with {invalid}" in text
+
+
+async def test_a_pull_slower_than_pull_wait_goes_on_while_the_mount_serves(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mount waits PULL_WAIT seconds for the pull it begins with, then says it goes
+    on and is ready; the pull ends later, in the log alone (the command has returned)."""
+    import logging
+    from types import SimpleNamespace
+
+    import trio
+
+    from fusesync.fs import daemon
+    from fusesync.sync.report import Report
+
+    monkeypatch.setattr(daemon, "PULL_WAIT", 0.1)
+    release = trio.Event()
+
+    class SlowPull:
+        target = SimpleNamespace(url="s3://b/sync/u/default")
+
+        async def first_pull(self) -> Report:
+            await release.wait()
+            report = Report("pull")
+            report.shown = 3
+            report.conflicts.append(("notes.txt", "changed on both sides"))
+            return report.done()
+
+    said: list[str] = []
+    caplog.set_level(logging.INFO, "fusesync.mount")
+    async with trio.open_nursery() as nursery:
+        await daemon._pull_at_mount(SlowPull(), nursery, said.append)  # type: ignore[arg-type]
+        assert len(said) == 1 and said[0].startswith(
+            "still pulling s3://b/sync/u/default after 0 s: it goes on while the mount serves")
+        release.set()
+    assert len(said) == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("pull at mount: pulled s3://b/sync/u/default: 0 downloaded (0 B), "
+                            "3 shown remote-only, 0 deleted, 1 conflict") for m in logged), logged
+    assert "pull at mount:    conflict: notes.txt: changed on both sides" in logged

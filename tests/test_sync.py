@@ -536,13 +536,11 @@ def test_a_pull_sends_its_listing_early_and_asks_nothing_twice(
     assert tree_of(two.home) == tree_of(one.home)
 
 
-def test_a_mount_lists_as_it_starts_only_a_tree_of_bounded_size(
+def test_a_mount_sends_its_pulls_first_requests_unless_told_not_to_pull(
     one: Cluster, two: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A mount sends its listing's first requests before its imports (and then lists the
-    remote, for the pull a first login sends next) only when the last listing held at
-    most MOUNT_LISTS_UPTO keys: beyond, every mount would pay for a listing, pull or
-    not. A pull sends its own whatever the size."""
+    """A pull, and a mount (which pulls as it starts), send their listing's first
+    requests before their imports; a mount with --no-pull and a push send none."""
     from fusesync.config import Config
     from fusesync.remote.crt import CrtClient
     from fusesync.sync import head_start
@@ -563,13 +561,14 @@ def test_a_mount_lists_as_it_starts_only_a_tree_of_bounded_size(
         monkeypatch.setenv(name, value)
     config = Config.load()
     target = config.target("default")
-    for limit, activity, sent in ((3, "mount", True), (2, "mount", False), (2, "pull", True)):
-        monkeypatch.setattr(head_start, "MOUNT_LISTS_UPTO", limit)
+    for activity, listing, sent in (("mount", True, True), ("mount", False, False),
+                                    ("pull", None, True), ("push", None, False)):
         early.clear()
-        with head_start.opened(config.settings, target, activity) as opened:
-            assert opened.crt is not None  # the light path, taken by the run's remote
-            opened.crt.drop_all_early()
-        assert ("ListObjectsV2" in early) == sent, (limit, activity, early)
+        with head_start.opened(config.settings, target, activity, listing=listing) as opened:
+            if sent:
+                assert opened.crt is not None  # the light path, taken by the run's remote
+                opened.crt.drop_all_early()
+        assert ("ListObjectsV2" in early) == sent, (activity, listing, early)
 
 
 def test_a_pull_with_nothing_new_ends_on_its_early_answers(

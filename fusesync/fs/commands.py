@@ -51,17 +51,23 @@ class Size(click.ParamType):  # type: ignore[type-arg]
 @click.option("--allow-other", is_flag=True,
               help="Let other users use the mount (permissions are still checked by the "
                    "kernel: the mount always has default_permissions).")
+@click.option("--no-pull", "no_pull", is_flag=True,
+              help="Do not pull as the mount starts: show only what the last sync knew "
+                   "(working offline; 'fusesync pull NAME' brings the rest later).")
 @passphrase_option
 @click.pass_context
 def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | None,
-          allow_other: bool, passphrase_file: Path | None) -> None:
+          allow_other: bool, no_pull: bool, passphrase_file: Path | None) -> None:
     """Mount target NAME (default: 'default') over its own directory.
 
-    The directory shows its local files plus every remote-only file at once, with real
-    sizes, modes and times; a remote-only file is fetched on first open. Every change is
-    made to the directory itself and journaled, so 'fusesync push' uploads only what
-    changed. While mounted, push, pull and status are run by the mount. Logs go to
-    $XDG_STATE_HOME/fusesync/NAME/mount.log. Undo with 'fusesync unmount NAME'.
+    The mount pulls as it starts, so the directory shows its local files plus every
+    remote file at once, with real sizes, modes and times; a file not here yet is fetched
+    on first open. The pull's summary is printed (conflicts and skipped paths as in
+    'fusesync pull'); if the remote cannot be reached, the mount still serves everything
+    local. Every change is made to the directory itself and journaled, so 'fusesync push'
+    uploads only what changed. While mounted, push, pull and status are run by the
+    mount. Logs go to $XDG_STATE_HOME/fusesync/NAME/mount.log. Undo with
+    'fusesync unmount NAME'.
 
     Encrypted files are decrypted on fetch and encrypted on push only when the mount is
     given the passphrase ($FUSESYNC_PASSPHRASE or --passphrase-file; it never asks):
@@ -78,18 +84,20 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
 
     def start(say: Callable[[str], None], ready: Callable[[], None]) -> None:
         # In the process that serves the mount (the CRT's threads do not survive a fork):
-        # the target locked, its index open and its listing's first requests sent before
+        # the target locked, its index open and its pull's first requests sent before
         # the daemon's imports (pyfuse3, trio: ~0.2 s), which they overlap.
         from fusesync.sync.head_start import opened
 
         with ExitStack() as stack:
             try:
-                early = stack.enter_context(opened(config.settings, target, "mount"))
+                early = stack.enter_context(opened(config.settings, target, "mount",
+                                                   listing=not no_pull))
             except BusyError as exc:
                 raise BusyError(f"'{target.name}' is already mounted or busy ({exc})") from None
             from fusesync.fs import daemon
 
-            options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase)
+            options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase,
+                                          pull=not no_pull)
             daemon.run(config, target, options, say, ready, early)
 
     if foreground:

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import trio
 
 from fusesync.config import Target
-from fusesync.errors import FusesyncError, RemoteUnchanged
+from fusesync.errors import FusesyncError
 from fusesync.fs import moves, output
 from fusesync.fs.journal import Journal, is_remote_entry
 from fusesync.fs.overlay import Overlay
@@ -34,7 +33,6 @@ from fusesync.sync.guards import (
     guard_empty_remote,
     prepare_remote,
 )
-from fusesync.sync.head_start import mount_lists
 from fusesync.sync.localfs import Tree, UnsafePath
 from fusesync.sync.matcher import PathMatcher
 from fusesync.sync.model import Kind, kind_of
@@ -66,28 +64,12 @@ MOVES_WAITING = "remote_from IS NOT NULL"
 LISTED = "path IN (SELECT value FROM json_each(?))"
 """SQL for the rows whose paths are in a JSON list (the one parameter)."""
 
+MAX_DELETE = 0.5
+"""The share of synced files one run may delete unless told more (the CLI's --max-delete
+default)."""
+
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
-Listed = tuple[dict[str, tuple[Any, ...]] | None, RemoteScan]
 log = logging.getLogger("fusesync.mount")
-
-WARM_FOR = 5.0
-"""Seconds the listing a mount begins with stays good for the first pull. A first login
-mounts and then pulls at once (packaging/profile.d): the listing, asked for while the
-mount starts, is then ready or under way when the pull comes. The pull still asks
-whether the manifest is the version that listing saw (one small request): a push from
-another cluster since then makes it list anew."""
-
-
-@dataclasses.dataclass
-class WarmListing:
-    """The remote's listing as the mount began: what `list_remote` answered, or the error
-    it met, and when it was asked for."""
-
-    asked: float = dataclasses.field(default_factory=time.monotonic)
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    listed: Listed | None = None
-    error: Exception | None = None
-
 
 class MountService:
     """The daemon's push, pull and status; one at a time."""
@@ -110,73 +92,16 @@ class MountService:
         # the manifest as this daemon last wrote it: a push after one change then costs no
         # fetch and decode of every path's entry, and encodes only the shards it touches
         self.manifest = ManifestCache()
-        self._warm: WarmListing | None = None
 
-    async def warm_listing(self) -> None:
-        """List the remote now, for a pull that comes within WARM_FOR seconds to record
-        (the index is not touched: the mount shows nothing new before that pull). Not
-        when renamed remote-only entries wait to be copied: the pull carries them first,
-        and its listing must see them (it drops this one then); nor for a tree larger
-        than head_start.MOUNT_LISTS_UPTO."""
-        last = last_listing(self.index, self.target)
-        if self.index.count(MOVES_WAITING) or not mount_lists(last):
-            return
-        warm = self._warm = WarmListing()
-        try:
-            warm.listed = await list_remote(self.remote, self.target, self.exclude, last)
-            log.info("listed the remote for the first pull: %d objects in %.2f s",
-                     warm.listed[1].objects, time.monotonic() - warm.asked)
-        except Exception as exc:  # a pull within WARM_FOR says so; a later one tries again
-            warm.error = exc
-            log.info("could not list the remote at mount: %s", exc)
-        finally:
-            warm.done.set()
-
-    async def forget_warm_listing(self) -> None:
-        """Let the mount's listing go once WARM_FOR has passed with no pull to take it:
-        for a large tree its rows are megabytes."""
-        warm = self._warm
-        if warm is None:
-            return
-        await trio.sleep(max(0.0, warm.asked + WARM_FOR - time.monotonic()))
-        if self._warm is warm:
-            self._warm = None
-
-    async def _listing(self) -> RemoteScan:
-        """The remote's listing recorded in the index: the mount's own when still fresh,
-        nothing was sent to the remote since (one pull takes it) and the manifest is still
-        the version it saw; else a new one."""
-        warm, self._warm = self._warm, None
-        if warm is not None and time.monotonic() - warm.asked <= WARM_FOR:
-            await warm.done.wait()
-            if warm.error is not None:
-                # Met moments ago: an unreachable endpoint takes the CRT ~10 s of retries
-                # to give up on, and the pull would wait for them twice.
-                raise warm.error
-            if warm.listed is not None and await self._manifest_still(warm.listed[1]):
-                rows, listing = warm.listed
-                log.info("pull: the listing begun at mount (%.1f s before) still holds",
-                         time.monotonic() - warm.asked)
-                record_remote(self.index, rows, listing)
-                return listing
-        return await scan_remote(self.remote, self.target, self.index, self.exclude)
-
-    async def _manifest_still(self, listing: RemoteScan) -> bool:
-        """Whether the manifest is the version `listing` saw (or still absent)."""
-        key = self.target.manifest_key
-        if listing.manifest_etag is None:
-            return await self.remote.head(key) is None
-        try:
-            await self.remote.get_bytes(key, if_none_match=listing.manifest_etag)
-        except RemoteUnchanged:
-            return True
-        return False
+    async def first_pull(self) -> Report:
+        """The pull a mount begins with (fs/daemon.py), as a forwarded one runs."""
+        async with self._busy:
+            with self.overlay.changing():
+                return await self.pull(False, MAX_DELETE)
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
         async with self._busy:
-            if verb == "push":  # a push changes the remote
-                self._warm = None
             with self.overlay.changing():  # a pull changes the tree behind the requests
                 return await self._handle(verb, request)
 
@@ -184,7 +109,7 @@ class MountService:
         if verb == "push" or verb == "pull":
             run = self.push if verb == "push" else self.pull
             report = await run(bool(request.get("dry_run")),
-                               float(request.get("max_delete", 0.5)))
+                               float(request.get("max_delete", MAX_DELETE)))
             return {"status": report.exit_status,
                     "output": output.sync_text(self.target, report)}
         if verb == "status":
@@ -301,10 +226,8 @@ class MountService:
         report = Report("pull", dry_run=dry_run)
         if dry_run:
             return await self._dry_pull(report, max_delete)
-        if self.index.count(MOVES_WAITING):
-            self._warm = None  # moves to carry first: the listing must see them
         await self._moves_carried(report)
-        listing = await self._listing()
+        listing = await scan_remote(self.remote, self.target, self.index, self.exclude)
         report.skipped.extend(listing.skipped)
         report.skipped.extend(await self.detect(self.journal.dirty_rows(self.journal.seq)))
         guard_empty_remote(listing.empty, self.index, self.target)

@@ -49,11 +49,6 @@ TRANSFERS = 64
 32 by ~8% on a pull of the bench tree (3.2-3.5 s against 3.4-4.1, 8 runs each, in turn;
 the server spent less CPU per request), as fast as 128 and 256 with less memory; a push
 of everything is the server's CPU either way."""
-MOUNT_LISTS_UPTO = 20_000
-"""Keys the last listing may have held for a mount to list the remote as it starts, for
-the pull a first login sends next (and on a first mount, whatever the size): beyond it,
-that saves the pull a small share of its time and costs every mount, pull or not,
-seconds of the server's work and of the daemon's, parsing pages while it serves."""
 QUIET_WAIT = 5.0
 """Seconds `quiet_pull` waits for the early answers; later ones are the engine's to wait
 for (with its idle timeout) and to tell of."""
@@ -72,25 +67,20 @@ class Opened:
 
 
 @contextmanager
-def opened(settings: Settings, target: Target, activity: str) -> Iterator[Opened]:
-    """Lock `target` and open its index; for a pull, and for a mount (whose daemon lists
-    the remote as it starts, for the pull a first login sends next: fs/mountsync.py),
-    send its listing's first requests."""
+def opened(settings: Settings, target: Target, activity: str, *,
+           listing: bool | None = None) -> Iterator[Opened]:
+    """Lock `target` and open its index; with `listing` (by default: for a pull, and a
+    mount pulls as it starts unless told not to), send its listing's first requests."""
     with ExitStack() as stack:
         stack.enter_context(TargetLock(target.state_dir, target.name, activity))
         index = stack.enter_context(Index(target.state_dir / "index.db"))
         early = Opened(index)
-        if activity in ("pull", "mount"):
-            _early_listing(settings, target, early, activity)
+        if activity == "pull" if listing is None else listing:
+            _early_listing(settings, target, early)
         yield early
 
 
-def mount_lists(last: LastListing) -> bool:
-    """Whether a mount lists the remote as it starts (MOUNT_LISTS_UPTO)."""
-    return len(last.etags) <= MOUNT_LISTS_UPTO
-
-
-def _early_listing(settings: Settings, target: Target, early: Opened, activity: str) -> None:
+def _early_listing(settings: Settings, target: Target, early: Opened) -> None:
     # here: a push loads none of it unless it has something to send
     from fusesync.remote.shapes import conditions, list_query
     from fusesync.sync.ranges import S3_PAGE, key_ranges, last_listing
@@ -99,8 +89,6 @@ def _early_listing(settings: Settings, target: Target, early: Opened, activity: 
     if crt is None:
         return
     last = last_listing(early.index, target)
-    if activity == "mount" and not mount_lists(last):
-        return
     if not last.etags:  # a first pull: the manifest comes first, its paths cut the ranges,
         crt.send_early("GET", settings.bucket, target.manifest_key, "GetObject")
         crt.send_early("GET", settings.bucket, "", "ListObjectsV2",  # the first one from here

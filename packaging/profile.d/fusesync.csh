@@ -24,7 +24,7 @@ if ( `id -u` != 0 && $?HOME ) then
         if ( "$_fusesync_mode" == pull || "$_fusesync_mode" == mount ) then
             ( umask 077; mkdir -p "$_fusesync_state" ) >& /dev/null
             if ( $status == 0 ) then
-                ( /bin/sh -c 'trap "" HUP; (set -C; : >"$2/first-login") 2>/dev/null || exit 0; echo "$(date "+%Y-%m-%d %H:%M:%S") fusesync first login: $1 default"; fusesync "$1" default; s=$?; if [ "$1" = mount ] && [ $s = 0 ]; then fusesync pull default; s=$?; fi; if [ $s = 0 ] || [ $s = 3 ]; then echo "fusesync first login: done"; else rm -f "$2/first-login"; echo "fusesync first login: failed (exit status $s); the next login tries again"; fi' fusesync-first-login "$_fusesync_mode" "$_fusesync_state" < /dev/null >>& "$_fusesync_state/first-login.log" & )
+                ( /bin/sh -c 'trap "" HUP; (set -C; : >"$2/first-login") 2>/dev/null || exit 0; echo "$(date "+%Y-%m-%d %H:%M:%S") fusesync first login: $1 default"; fusesync "$1" default; s=$?; if [ $s = 0 ] || [ $s = 3 ]; then echo "fusesync first login: done"; else rm -f "$2/first-login"; echo "fusesync first login: failed (exit status $s); the next login tries again"; fi' fusesync-first-login "$_fusesync_mode" "$_fusesync_state" < /dev/null >>& "$_fusesync_state/first-login.log" & )
             endif
         endif
         unset _fusesync_site _fusesync_state _fusesync_mode

@@ -16,13 +16,13 @@ if [ "$(id -u)" != 0 ] && [ -n "${HOME:-}" ] && command -v fusesync >/dev/null 2
             "$_fusesync_site" 2>/dev/null)
         case $_fusesync_mode in
         pull | mount)
-            # The job claims the marker (set -C: one login wins), runs `fusesync pull`, or
-            # `fusesync mount` and a pull through the mount's daemon (so the remote files
-            # show at once), and gives the marker back if that failed. The subshell around
+            # The job claims the marker (set -C: one login wins), runs `fusesync pull` or
+            # `fusesync mount` (which pulls as it starts, so the remote files show at once),
+            # and gives the marker back if that failed. The subshell around
             # it keeps it out of the login shell's jobs; it ignores the hangup of a short
             # login.
             if (umask 077 && mkdir -p "$_fusesync_state") 2>/dev/null; then
-                (/bin/sh -c 'trap "" HUP; (set -C; : >"$2/first-login") 2>/dev/null || exit 0; echo "$(date "+%Y-%m-%d %H:%M:%S") fusesync first login: $1 default"; fusesync "$1" default; s=$?; if [ "$1" = mount ] && [ $s = 0 ]; then fusesync pull default; s=$?; fi; if [ $s = 0 ] || [ $s = 3 ]; then echo "fusesync first login: done"; else rm -f "$2/first-login"; echo "fusesync first login: failed (exit status $s); the next login tries again"; fi' \
+                (/bin/sh -c 'trap "" HUP; (set -C; : >"$2/first-login") 2>/dev/null || exit 0; echo "$(date "+%Y-%m-%d %H:%M:%S") fusesync first login: $1 default"; fusesync "$1" default; s=$?; if [ $s = 0 ] || [ $s = 3 ]; then echo "fusesync first login: done"; else rm -f "$2/first-login"; echo "fusesync first login: failed (exit status $s); the next login tries again"; fi' \
                     fusesync-first-login "$_fusesync_mode" "$_fusesync_state" \
                     </dev/null >>"$_fusesync_state/first-login.log" 2>&1 &)
             fi

@@ -160,9 +160,8 @@ def main() -> int:
         print("\n== A third cluster mounts its home instead: everything shows at once ==")
         three = Cluster("cluster-3", server)
         three.run(*setup)
-        three.run("fusesync", "mount")
+        three.run("fusesync", "mount")  # it pulls as it starts: nothing downloaded yet
         try:
-            three.run("fusesync", "pull")  # run by the mount's daemon: nothing downloaded yet
             three.tree()
             three.cat("jobs/simulate.sh")  # the first open fetches it
             (three.home / "outputs" / "run-003").mkdir()
