@@ -278,14 +278,8 @@ def push_cost(server: SeaweedServer, root: Path, files: int, repeat: int) -> flo
     tool = Fusesync(exe, ws)
     tool.setup()
     run(tool.push().argv, tool.env_a, root)
-    proc = subprocess.Popen([tool.exe, "mount", FUSESYNC_TARGET, "--foreground"],
-                            env=tool.env_a, cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    run([tool.exe, "mount", FUSESYNC_TARGET], tool.env_a, root)  # returns once it serves
     try:
-        wait_mounted(ws.src, proc)
-        control = Path(tool.env_a["XDG_STATE_HOME"]) / "fusesync" / FUSESYNC_TARGET / "control.sock"
-        while not control.exists():  # push goes to the daemon once it listens
-            time.sleep(0.02)
         victims = sorted(p for p in ws.src.rglob("*") if p.is_file())
         best = float("inf")
         for i in range(repeat):
@@ -296,7 +290,6 @@ def push_cost(server: SeaweedServer, root: Path, files: int, repeat: int) -> flo
     finally:
         subprocess.run([tool.exe, "unmount", FUSESYNC_TARGET], env=tool.env_a,
                        capture_output=True, check=False)
-        proc.wait(60)
 
 
 def table(results: dict[str, dict[str, float]], plain: dict[str, float]) -> str:

