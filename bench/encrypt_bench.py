@@ -14,14 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.tools import Command, Fusesync, Workspace, execute
-from bench.tree import FULL, MIB, QUICK, TreeSpec, compare, make_tree, snapshot
+from bench.tree import (
+    FULL,
+    MIB,
+    QUICK,
+    TreeSpec,
+    compare,
+    make_tree,
+    remove_trees,
+    snapshot,
+    wait_out_removals,
+)
 from tests.support.seaweed import SeaweedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     base = QUICK if args.quick else FULL
     spec: TreeSpec = replace(base, big_files=1, big_size=64 * MIB)
     work = BENCH_DIR / "encrypt"
-    shutil.rmtree(work, ignore_errors=True)
+    remove_trees(work)
+    wait_out_removals(log)
     src = work / "src"
     stats = make_tree(src, spec)
     add_dotfiles(src)
@@ -118,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in VARIANTS:
                     mismatch = one_round(server, src, work / "run", variant, round_no,
                                          results[variant])
-                    if mismatch:
+                    if mismatch:  # each round's copy stays until the end (tree.py)
                         wrong.append(f"{variant} round {round_no}: {mismatch}")
-                    shutil.rmtree(work / "run" / f"{variant}-{round_no}", ignore_errors=True)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_trees(work)
 
     print(f"\n{spec.label} + .ssh/ (6 files); encrypted: {', '.join(ENCRYPT)}; best of "
           f"{args.rounds}; {os.cpu_count()} CPUs shared with the S3 server; "

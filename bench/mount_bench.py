@@ -29,7 +29,7 @@ from bench.tools import (
     Workspace,
     execute,
 )
-from bench.tree import FULL, QUICK, TreeSpec, make_tree
+from bench.tree import FULL, QUICK, TreeSpec, make_tree, remove_trees, wait_out_removals
 from tests.support.seaweed import SeaweedServer
 
 BUCKET = "bench"
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = QUICK if args.quick else FULL
     run_root = ROOT / "mount-run"
-    shutil.rmtree(run_root, ignore_errors=True)
+    remove_trees(run_root)
+    wait_out_removals(lambda line: print(line, flush=True))
     run_root.mkdir(parents=True)
     results: dict[str, dict[str, float]] = {}
     scale: dict[str, float] = {}
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"left {run_root} as it is: still mounted at {', '.join(map(str, left))}",
                   file=sys.stderr)
         elif not args.keep:
-            shutil.rmtree(run_root, ignore_errors=True)
+            remove_trees(run_root)
     print()
     if results:
         print(table(results, plain))

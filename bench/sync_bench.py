@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.tools import TOOLS, Command, Tool, Workspace, execute
-from bench.tree import FULL, QUICK, TreeSpec, TreeStats, change_one, compare, make_tree, snapshot
+from bench.tree import (
+    FULL,
+    QUICK,
+    TreeSpec,
+    TreeStats,
+    change_one,
+    compare,
+    make_tree,
+    remove_trees,
+    snapshot,
+    wait_out_removals,
+)
 from tests.support.seaweed import SeaweedServer, weed_executable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run_dir, data_dir = BENCH_DIR / "run", BENCH_DIR / "seaweed"
-    for stale in (run_dir, data_dir):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_trees(run_dir, data_dir)
     run_dir.mkdir(parents=True)
 
     chosen: list[tuple[type[Tool], Path]] = []
@@ -338,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     # after many were deleted (it steps over recently freed inodes), so a tool that runs
     # after another's trees were removed paid for them: a pull of the tree took 3.2 s on a
     # quiet disk and 6 s, most of it in the kernel, right after one.
+    # And nothing is made until a removal just before (this run's, the last run's) is old
+    # enough not to cost the kernel (tree.py).
+    wait_out_removals(log)
     stats = make_tree(run_dir / "probe", spec)  # the same tree every tool gets
     try:
         log(f"starting SeaweedFS in {data_dir}")
@@ -347,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(bench_tool(tool_cls, exe, run_dir, server, spec, args.repeat))
     finally:
         if not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            shutil.rmtree(data_dir, ignore_errors=True)
+            remove_trees(run_dir, data_dir)
 
     print()
     for name, reason in skipped.items():

@@ -9,6 +9,9 @@ import hashlib
 import math
 import os
 import random
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +129,40 @@ def compare(expected: Snapshot, actual: Snapshot) -> str | None:
         if paths:
             problems.append(f"{len(paths)} {label} (e.g. {paths[0]})")
     return "; ".join(problems) or None
+
+
+REMOVED_STAMP = Path(__file__).resolve().parent.parent / "cache" / "bench" / ".removed"
+RECENTLY_FREED = 65.0
+"""Seconds a run waits after a bench removed trees before it creates any. ext4 without a
+journal (these machines' root file system) passes over every free inode deleted less than
+60 s before when it allocates one (300 s more while that inode's table block is still
+unwritten), reading the block for each: a pull of the bench tree into the folder a removed
+copy had held took 3.7-5.2 s, 2.0-3.4 s of it in the kernel (`perf`: recently_deleted,
+find_inode_bit), against 2.3-2.7 s into a folder of its own. A bench run right after
+another's clean-up paid for it. Removals are synced (so only the 60 s apply), stamped, and
+waited out."""
+
+
+def remove_trees(*paths: Path) -> None:
+    """Remove the bench's own trees, and stamp when (`wait_out_removals`)."""
+    removed = False
+    for path in paths:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed = True
+    if removed:
+        os.sync()
+        REMOVED_STAMP.parent.mkdir(parents=True, exist_ok=True)
+        REMOVED_STAMP.write_text(f"{time.time()}\n")
+
+
+def wait_out_removals(say: Callable[[str], None]) -> None:
+    """Sleep until the last removal is RECENTLY_FREED seconds old, saying why."""
+    try:
+        left = float(REMOVED_STAMP.read_text()) + RECENTLY_FREED - time.time()
+    except (OSError, ValueError):
+        return
+    if left > 0:
+        say(f"waiting {left:.0f} s: files created this soon after the last removal of a "
+            "bench's trees cost the kernel seconds more (bench/tree.py RECENTLY_FREED)")
+        time.sleep(left)
