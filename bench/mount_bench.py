@@ -5,7 +5,7 @@ same commands through each mount, wall-clock seconds. A benchmark, not a test: i
 a table (seconds, and each column's ratio to the best peer) and writes
 cache/bench/mount-results.json; it fails only when a command fails.
 
-    python -m bench.mount_bench [--quick] [--tools fusesync,rclone,s3fs] [--scale N,N]
+    python -m bench.mount_bench [--quick] [--tools fusesync,rclone,s3fs] [--scale N,N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class Mounted(ABC):
     """One tool's mount of its prefix: prepared (untimed), mounted, used, unmounted."""
 
     name: str
+    prefix = ""  # under the bucket: the peers' own
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -103,6 +104,21 @@ class Mounted(ABC):
     @abstractmethod
     def uploaded(self, folder: str) -> float:
         """Seconds until the files just created under `folder` are all on the remote."""
+
+    def forget(self, folder: str) -> None:
+        """Take what the creates put under `folder` off the remote again (untimed), so that
+        the next round's tool lists the same tree: through the mount, then by key."""
+        shutil.rmtree(self.mnt / folder)
+        client = self.ws.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=f"{self.prefix}/{folder}/")
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+        # SeaweedFS keeps the emptied folder, which a listing by delimiter (rclone's)
+        # still shows, until the folder's own key is deleted
+        client.delete_object(Bucket=BUCKET, Key=f"{self.prefix}/{folder}/")
 
     def unmount(self) -> None:
         if mounted(self.mnt):
@@ -156,6 +172,10 @@ class FusesyncMount(Mounted):
 
     def uploaded(self, folder: str) -> float:
         return run([self.tool.exe, "push", FUSESYNC_TARGET], self.env, self.ws.root)
+
+    def forget(self, folder: str) -> None:
+        shutil.rmtree(self.mnt / folder)  # and its manifest entries, by a push
+        run([self.tool.exe, "push", FUSESYNC_TARGET], self.env, self.ws.root)
 
     def unmount(self) -> None:
         subprocess.run([self.tool.exe, "unmount", FUSESYNC_TARGET], env=self.env,
@@ -267,6 +287,7 @@ def measure(tool: Mounted, small: list[str], big: str) -> dict[str, float]:
                   "os.sync()\n")
         results["1,000 creates + sync"] = run([sys.executable, "-c", script], env, cwd)
         results["upload of the creates"] = tool.uploaded("new")
+        tool.forget("new")
     finally:
         tool.unmount()
     return results
@@ -325,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="5000,50000",
                         help="tree sizes for the push-cost comparison ('' to skip)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of every tool, each with a fresh mount, cache and "
+                             "folder, the order reversed every other round; the best counts")
     parser.add_argument("--keep", action="store_true",
                         help="keep the trees, caches and the server's data under cache/bench/")
     args = parser.parse_args(argv)
@@ -334,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_out_removals(lambda line: print(line, flush=True))
     run_root.mkdir(parents=True)
     results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {}
     scale: dict[str, float] = {}
     plain: dict[str, float] = {}
     try:
@@ -350,13 +375,18 @@ def main(argv: list[str] | None = None) -> int:
                                          run_root) for _ in range(3)),
                      "ls -lR warm": min(sh(f"ls -lR '{src}' >/dev/null", env, run_root)
                                         for _ in range(3))}
-            for name in [n for n in args.tools.split(",") if n]:
-                ws = Workspace(run_root / name, src, run_root / name / "unused", BUCKET, server)
-                tool = TOOLS[name](ws)
-                tool.prepare()
-                results[name] = measure(tool, small, big)
-                print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in results[name].items()),
-                      flush=True)
+            order = [n for n in args.tools.split(",") if n]
+            for round_no in range(args.rounds):  # the last tool of a round ran on a server
+                # the others had warmed (and written to): the next round begins with it
+                for name in order if round_no % 2 == 0 else order[::-1]:
+                    root = run_root / name / f"round-{round_no}"
+                    tool = TOOLS[name](Workspace(root, src, root / "unused", BUCKET, server))
+                    tool.prepare()
+                    rounds.setdefault(name, []).append(measure(tool, small, big))
+                    print(f"{name}, round {round_no + 1}: " + ", ".join(
+                        f"{k} {v:.2f}s" for k, v in rounds[name][-1].items()), flush=True)
+            results = {name: {column: min(r[column] for r in runs) for column in runs[0]}
+                       for name, runs in rounds.items()}
             for files in [int(n) for n in args.scale.split(",") if n]:
                 scale[str(files)] = push_cost(server, run_root / f"scale-{files}", files,
                                               args.repeat)
@@ -378,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\npush after one change, mounted: " + ", ".join(
             f"{n} files {s:.3f}s" for n, s in scale.items()))
     out = ROOT / ("mount-results.json" if results else "mount-scale.json")
-    out.write_text(json.dumps({"tree": spec.label, "results": results, "plain": plain,
-                               "push_cost": scale}, indent=2))
+    out.write_text(json.dumps({"tree": spec.label, "results": results, "rounds": rounds,
+                               "plain": plain, "push_cost": scale}, indent=2))
     return 0
 
 

@@ -101,7 +101,11 @@ def test_sigterm_unmounts_cleanly(two: Cluster) -> None:
         live.stop()
 
 
-def test_mount_daemonizes_by_default(two: Cluster) -> None:
+def test_mount_daemonizes_by_default(one: Cluster, two: Cluster) -> None:
+    """The command returns once the daemon serves, having pulled: what the daemon said
+    before (the pull's summary) reaches the terminal."""
+    (one.home / "theirs.txt").write_text("theirs")
+    one.push()
     (two.home / "mine.txt").write_text("mine")
     result = subprocess.run(
         [sys.executable, "-m", "fusesync.cli", "mount"], env={**os.environ, **two.env},
@@ -109,9 +113,14 @@ def test_mount_daemonizes_by_default(two: Cluster) -> None:
     )
     try:
         assert result.returncode == 0, result.stderr
-        assert f"'default' mounted at '{two.home}'" in result.stdout
+        assert result.stdout.splitlines() == [
+            f"fusesync mount: pulled s3://{two.bucket}/sync/tester/default: 0 downloaded "
+            f"(0 B), 1 shown remote-only, 0 deleted, 0 conflicts in "
+            f"{result.stdout.split(' conflicts in ')[1].split()[0]} s",
+            f"fusesync mount: 'default' mounted at '{two.home}'"], result.stdout
         assert is_mounted(two.home)
         assert (two.home / "mine.txt").read_text() == "mine"
+        assert (two.home / "theirs.txt").read_text() == "theirs"
         done = two.cli("unmount")
         assert done.exit_code == 0, done.output
         assert not is_mounted(two.home)
