@@ -27,7 +27,7 @@ from fusesync.fs.overlay import Overlay
 from fusesync.index import Index, Row
 from fusesync.remote.base import Remote
 from fusesync.sync import base as columns
-from fusesync.sync.engine import DEFAULT_CONCURRENCY, Status
+from fusesync.sync.engine import DEFAULT_CONCURRENCY, DEFAULT_MAX_DELETE, Status
 from fusesync.sync.guards import (
     guard_deletes,
     guard_empty_remote,
@@ -64,10 +64,6 @@ MOVES_WAITING = "remote_from IS NOT NULL"
 LISTED = "path IN (SELECT value FROM json_each(?))"
 """SQL for the rows whose paths are in a JSON list (the one parameter)."""
 
-MAX_DELETE = 0.5
-"""The share of synced files one run may delete unless told more (the CLI's --max-delete
-default)."""
-
 Invalidate = Callable[[list[tuple[int, str, int | None]]], Awaitable[None]]
 log = logging.getLogger("fusesync.mount")
 
@@ -97,7 +93,7 @@ class MountService:
         """The pull a mount begins with (fs/daemon.py), as a forwarded one runs."""
         async with self._busy:
             with self.overlay.changing():
-                return await self.pull(False, MAX_DELETE)
+                return await self.pull(False, DEFAULT_MAX_DELETE)
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         verb = request.get("verb")
@@ -109,7 +105,7 @@ class MountService:
         if verb == "push" or verb == "pull":
             run = self.push if verb == "push" else self.pull
             report = await run(bool(request.get("dry_run")),
-                               float(request.get("max_delete", MAX_DELETE)))
+                               float(request.get("max_delete", DEFAULT_MAX_DELETE)))
             return {"status": report.exit_status,
                     "output": output.sync_text(self.target, report)}
         if verb == "status":
