@@ -238,8 +238,9 @@ def test_a_reply_the_kernel_no_longer_waits_for_is_no_error_in_the_log(tmp_path:
 async def test_a_pull_slower_than_pull_wait_goes_on_while_the_mount_serves(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The mount waits PULL_WAIT seconds for the pull it begins with, then says it goes
-    on and is ready; the pull ends later, in the log alone (the command has returned)."""
+    """The mount says it is pulling after PULL_PATIENCE seconds of the pull it begins
+    with, waits PULL_WAIT seconds for it, then says it goes on and is ready; the pull
+    ends later, in the log alone (the command has returned)."""
     import logging
     from types import SimpleNamespace
 
@@ -248,6 +249,7 @@ async def test_a_pull_slower_than_pull_wait_goes_on_while_the_mount_serves(
     from fusesync.fs import daemon
     from fusesync.sync.report import Report
 
+    monkeypatch.setattr(daemon, "PULL_PATIENCE", 0.05)
     monkeypatch.setattr(daemon, "PULL_WAIT", 0.1)
     release = trio.Event()
 
@@ -265,10 +267,11 @@ async def test_a_pull_slower_than_pull_wait_goes_on_while_the_mount_serves(
     caplog.set_level(logging.INFO, "fusesync.mount")
     async with trio.open_nursery() as nursery:
         await daemon._pull_at_mount(SlowPull(), nursery, said.append)  # type: ignore[arg-type]
-        assert len(said) == 1 and said[0].startswith(
+        assert said[0] == "pulling s3://b/sync/u/default ..."
+        assert len(said) == 2 and said[1].startswith(
             "still pulling s3://b/sync/u/default after 0 s: it goes on while the mount serves")
         release.set()
-    assert len(said) == 1
+    assert len(said) == 2
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("pull at mount: pulled s3://b/sync/u/default: 0 downloaded (0 B), "
                             "3 shown remote-only, 0 deleted, 1 conflict") for m in logged), logged

@@ -111,8 +111,7 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
 
         start(say, ready)
         return
-    for line in _daemonize(start):
-        click.echo(f"fusesync mount: {line}")
+    _daemonize(start, lambda line: click.echo(f"fusesync mount: {line}"))
     click.echo(f"fusesync mount: {mounted}")
 
 
@@ -178,22 +177,27 @@ def last_word(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, FusesyncError | UsageError) else repr(exc)
 
 
-def _daemonize(start: Callable[[Callable[[str], None], Callable[[], None]], None]) -> list[str]:
-    """Run `start` in a detached daemon; return its messages once the mount is up, or
-    raise its error. The daemon speaks over a pipe: 'say TEXT', then 'ok' or 'error TEXT'."""
+def _daemonize(start: Callable[[Callable[[str], None], Callable[[], None]], None],
+               echo: Callable[[str], None]) -> None:
+    """Run `start` in a detached daemon; `echo` each of its messages as it comes, and return
+    once the mount is up, or raise its error. The daemon speaks over a pipe: 'say TEXT'
+    lines, then 'ok' or 'error TEXT'."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            lines = pipe.read().decode(errors="replace").splitlines()
-        os.waitpid(pid, 0)
-        said = [line[4:] for line in lines if line.startswith("say ")]
-        for line in lines:
-            if line == "ok":
-                return said
-            if line.startswith("error "):
-                raise FusesyncError(line[6:])
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                for raw in pipe:  # until the daemon's 'ok' closes its end, or it dies
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    if line.startswith("say "):
+                        echo(line[4:])
+                    elif line == "ok":
+                        return
+                    elif line.startswith("error "):
+                        raise FusesyncError(line[6:])
+        finally:
+            os.waitpid(pid, 0)  # the first child, gone once it forked the daemon
         raise FusesyncError("the mount daemon died while starting (see mount.log)")
     os.close(read_end)
     os.setsid()
