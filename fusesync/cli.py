@@ -321,10 +321,8 @@ def _sync(ctx: click.Context, config: Config, target: Target, verb: str, dry_run
     click.echo("           Sync ... OK" if not dry_run else "           Sync ... (dry run)")
     for action in report.planned:
         click.echo(f"   would {action.op.value}: {action.path}")
-    for path, reason in report.conflicts:
-        click.echo(f"   conflict: {path}: {reason}")
-    for path, reason in report.skipped:
-        click.echo(f"   skipped: {path}: {reason}")
+    for line in report.problem_lines():
+        click.echo(line)
     click.echo(f"   {report.summary()}")
     ctx.exit(report.exit_status)
 

@@ -274,10 +274,8 @@ async def _pull_at_mount(service: mountsync.MountService, nursery: trio.Nursery,
                  logging.ERROR)
         else:
             tell(f"pulled {url}: {report.summary()}")
-            for path, reason in report.conflicts:
-                tell(f"   conflict: {path}: {reason}", logging.WARNING)
-            for path, reason in report.skipped:
-                tell(f"   skipped: {path}: {reason}", logging.WARNING)
+            for line in report.problem_lines():
+                tell(line, logging.WARNING)
         finally:
             done.set()
 

@@ -23,8 +23,7 @@ def sync_text(target: Target, report: Report) -> str:
     lines.append("    Permissions ... OK")
     lines.append("           Sync ... " + ("(dry run)" if report.dry_run else "OK"))
     lines += [f"   would {action.op.value}: {action.path}" for action in report.planned]
-    lines += [f"   conflict: {path}: {reason}" for path, reason in report.conflicts]
-    lines += [f"   skipped: {path}: {reason}" for path, reason in report.skipped]
+    lines += report.problem_lines()
     lines.append(f"   {report.summary()}")
     return "\n".join(lines) + "\n"
 

@@ -75,7 +75,9 @@ def opened(settings: Settings, target: Target, activity: str, *,
         stack.enter_context(TargetLock(target.state_dir, target.name, activity))
         index = stack.enter_context(Index(target.state_dir / "index.db"))
         early = Opened(index)
-        if activity == "pull" if listing is None else listing:
+        if listing is None:
+            listing = activity == "pull"
+        if listing:
             _early_listing(settings, target, early)
         yield early
 

@@ -54,6 +54,12 @@ class Report:
     def exit_status(self) -> int:
         return 3 if self.conflicts or self.skipped else 0
 
+    def problem_lines(self) -> list[str]:
+        """A line for each path left as a conflict, then for each one skipped: what push
+        and pull print above their summary line, forwarded or not, and a mount's pull."""
+        return ([f"   conflict: {path}: {reason}" for path, reason in self.conflicts]
+                + [f"   skipped: {path}: {reason}" for path, reason in self.skipped])
+
     def summary(self) -> str:
         if self.verb == "push":
             moved = f"{self.uploaded} uploaded ({human_size(self.uploaded_bytes)})"
