@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,42 @@ def test_a_batch_lands_every_file_with_its_attributes(tmp_path: Path) -> None:
         assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000 + i)
         assert item.result.st_ino == st.st_ino
     assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000, 0o777])
+def test_landed_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
+    """A file is created with its final mode where the umask allows it, privately and
+    chmodded where not: either way it ends with the remote's mode, special bits dropped."""
+    modes = [0o644, 0o600, 0o755, 0o777, 0o444, 0o000, 0o4755, 0o2750, 0o1777]
+    batch = [Landing(f"m{mode:o}", b"x", mode, None, None, expect=None) for mode in modes]
+    old = os.umask(umask)
+    try:
+        with Tree(tmp_path) as tree:
+            tree.land(batch)
+    finally:
+        os.umask(old)
+    landed = {p.name: p.stat().st_mode & 0o7777 for p in tmp_path.iterdir()}
+    assert landed == {f"m{mode:o}": mode & 0o777 for mode in modes}
+    assert all(isinstance(item.result, os.stat_result) and item.result.st_mode & 0o7777
+               == mode & 0o777 for item, mode in zip(batch, modes, strict=True))
+
+
+def test_landed_modes_hold_under_a_default_acl(tmp_path: Path) -> None:
+    """A folder's default ACL, not the umask, masks the mode a file is created with
+    (here user::rw-, group::---, other::---): the landed file still gets the remote's."""
+    entries = [(0x01, 0o6), (0x04, 0o0), (0x20, 0o0)]  # ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in entries)
+    try:
+        os.setxattr(tmp_path, "system.posix_acl_default", acl)
+    except OSError as exc:  # a file system without ACLs has nothing to test
+        pytest.skip(f"no POSIX ACLs here: {exc}")
+    batch = [Landing("shared.txt", b"x", 0o644, None, None, expect=None)]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o7777 == 0o644
+    assert isinstance(batch[0].result, os.stat_result)
+    assert batch[0].result.st_mode & 0o7777 == 0o644
 
 
 def test_one_file_changed_locally_is_kept_and_the_rest_land(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import grp
+import itertools
 import os
 import pwd
 import secrets
@@ -27,9 +28,22 @@ from fusesync.sync.model import SPECIAL_BITS
 TMP_MARK = ".fusesync-tmp-"
 """Temporary files carry this in their name; scans ignore them, the next pull removes them."""
 
+_tmp_tag = secrets.token_hex(4)  # this process's, then a count: no syscall per name
+_tmp_serial = itertools.count()
+
+
+def _new_tmp_tag() -> None:
+    global _tmp_tag
+    _tmp_tag = secrets.token_hex(4)
+
+
+os.register_at_fork(after_in_child=_new_tmp_tag)
+
+
 def temporary_name(name: str) -> str:
-    """A fresh hidden name beside `name` for a file that is not in place yet."""
-    return f".{name[:200]}{TMP_MARK}{secrets.token_hex(4)}"
+    """A fresh hidden name beside `name` for a file that is not in place yet (created
+    with O_EXCL all the same)."""
+    return f".{name[:200]}{TMP_MARK}{_tmp_tag}{next(_tmp_serial):x}"
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -67,6 +81,7 @@ class Tree:
     def __init__(self, root: str | os.PathLike[str] | int) -> None:
         """Open `root`, or take a duplicate of an already open directory descriptor."""
         self.fd = os.dup(root) if isinstance(root, int) else os.open(root, _DIR_FLAGS)
+        self._umask = current_umask()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -165,7 +180,11 @@ class Tree:
             for item, dfd, fd, tmp, name in staged:
                 try:
                     _place(dfd, tmp, name, item.expect, item.relpath)
-                    item.result = os.fstat(fd)
+                    st = os.fstat(fd)
+                    if stat.S_IMODE(st.st_mode) != _plain_mode(item.mode):  # a default ACL
+                        os.fchmod(fd, _plain_mode(item.mode))
+                        st = os.fstat(fd)
+                    item.result = st
                 except Exception as exc:
                     item.result = exc
                     with contextlib.suppress(OSError):
@@ -189,13 +208,17 @@ class Tree:
                 dfd = parents[folder] = os.dup(opened)
         name = item.final_name or name
         tmp = temporary_name(name)
+        # Created with its final mode where the umask leaves it whole (one fchmod less a
+        # file; `land` checks the mode it got), else private until it is chmodded.
+        mode = _plain_mode(item.mode)
+        created = mode if not mode & self._umask else 0o600
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dfd)
+                     created, dir_fd=dfd)
         try:
             view = memoryview(item.body)
             while view:
                 view = view[os.write(fd, view):]
-            _apply(fd, item.mode, item.mtime_ns, item.owner)
+            _apply(fd, item.mode, item.mtime_ns, item.owner, created=created)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -335,15 +358,40 @@ def _sync_file_system(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None) -> None:
-    """Owner first (chown clears setuid bits), then mode without special bits, then times."""
-    if owner is not None and os.geteuid() == 0:
+def _plain_mode(mode: int) -> int:
+    """The permission bits a pulled file gets: setuid, setgid and sticky dropped."""
+    return mode & 0o7777 & ~SPECIAL_BITS
+
+
+def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None,
+           created: int | None = None) -> None:
+    """Owner first (chown clears setuid bits), then mode without special bits (unless the
+    file was `created` with them), then times."""
+    if owner is not None and _as_root():
         uid, gid = local_ids(owner)
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-    os.fchmod(fd, mode & 0o7777 & ~SPECIAL_BITS)
+    if created != _plain_mode(mode):
+        os.fchmod(fd, _plain_mode(mode))
     if mtime_ns is not None:
         os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+@lru_cache(maxsize=1)
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def current_umask() -> int:
+    """The process's umask, read without setting it (Linux tells it in /proc since 4.7;
+    elsewhere it is set and set back)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @lru_cache(maxsize=4096)
