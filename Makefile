@@ -6,8 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # python3, patchelf: the Debian package's interpreter, and its libraries' search paths;
 # tcsh, man-db: the tests of its csh login hook and man pages; systemd: systemd-analyze
-# verifies its units (a test that would otherwise skip).
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config patch python3 patchelf tcsh man-db systemd
+# verifies its units (a test that would otherwise skip); cmake: the AWS CRT's build.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config patch python3 patchelf tcsh man-db systemd cmake
 DEB_DIR ?= dist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -39,14 +39,18 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# pyfuse3 first, built with the patches of packaging/pyfuse3 (the kernel keeps listings),
-# the wheel stays in cache/wheels, where `make deb` finds it too.
-$(VENV)/.installed: pyproject.toml packaging/pyfuse3/build $(wildcard packaging/pyfuse3/*.patch) | system-deps
+# pyfuse3 and awscrt first, built as packaging/pyfuse3 and packaging/awscrt say (the
+# kernel keeps listings; the CRT imports without seeding from CPU jitter); the wheels stay
+# in cache/wheels, where `make deb` finds them too.
+$(VENV)/.installed: pyproject.toml packaging/pyfuse3/build $(wildcard packaging/pyfuse3/*.patch) \
+		packaging/awscrt/build | system-deps
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	packaging/pyfuse3/build $(BIN)/pip cache/wheels
+	packaging/awscrt/build $(BIN)/pip cache/wheels
 	$(BIN)/pip install -q --no-deps --no-index --find-links cache/wheels \
-	    "pyfuse3==$$(packaging/pyfuse3/build --version)"
+	    "pyfuse3==$$(packaging/pyfuse3/build --version)" \
+	    "awscrt==$$(packaging/awscrt/build --version)"
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 

@@ -120,14 +120,17 @@ def test_packaged_command_version_and_help(package: Package) -> None:
     # It runs the packaged code, not the project's.
     where = subprocess.run(
         [str(package.root / "usr/lib/fusesync/bin/python3"), "-I", "-c",
-         "import fusesync.cli, pyfuse3, boto3; print(fusesync.cli.__file__); "
-         "print(pyfuse3.READDIR_BY_INODE, hasattr(pyfuse3.FileInfo(), 'noflush'))"],
+         "import fusesync.cli, pyfuse3, boto3, awscrt; print(fusesync.cli.__file__); "
+         "print(pyfuse3.READDIR_BY_INODE, hasattr(pyfuse3.FileInfo(), 'noflush')); "
+         "print(awscrt.__version__)"],
         env=clean_env(package), capture_output=True, text=True, timeout=60)
     assert where.returncode == 0, where.stderr
     assert where.stdout.startswith(f"{package.root}/usr/lib/fusesync/lib/")
     # pyfuse3 as `make` builds it (packaging/pyfuse3): the kernel keeps the mount's listings
     # and sends no flush for a file opened for reading
     assert where.stdout.splitlines()[1] == "True True"
+    # awscrt as `make` builds it (packaging/awscrt): seeded by the kernel, not CPU jitter
+    assert where.stdout.splitlines()[2].endswith("+fusesync.1")
 
 
 def test_bash_completion_completes_verbs_through_the_packaged_command(package: Package) -> None:
