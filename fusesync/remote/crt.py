@@ -40,12 +40,17 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
     ReadTimeoutError,
+    SSLError,
 )
 
 from fusesync.errors import SourceChanged
 from fusesync.remote.shapes import error_response
 
 _KEPT: set[int] = set()
+
+UNANSWERED = 1.0
+"""Seconds a request over TLS may go without any answer before the endpoint's certificate
+is checked (`certificate_refusal`); a request's own timeout is `CrtClient.idle_timeout`."""
 
 
 def _keep_thread_state() -> None:
@@ -100,12 +105,17 @@ class CrtClient:
         self._path_style = path_style
         tls = endpoint.scheme == "https"
         tls_options = None
+        self._refused: str | None = None  # why the endpoint's certificate is not trusted
+        self._diagnose: Callable[[], str | None] | None = None
         if tls:
             options = crt_io.TlsContextOptions()
             ca_bundle = os.environ.get("AWS_CA_BUNDLE")  # as boto3 would
             if ca_bundle:
                 options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
             tls_options = crt_io.ClientTlsContext(options).new_connection_options()
+            self._diagnose = functools.partial(
+                certificate_refusal, endpoint.hostname or "", endpoint.port or 443, ca_bundle
+            )
         self._client = crt_s3.S3Client(
             region=region,
             signing_config=crt_s3.create_default_s3_signing_config(
@@ -150,11 +160,13 @@ class CrtClient:
         import trio  # here: `send_early` runs before trio is imported
 
         host, target = self._target(bucket, key, query)
+        if self._refused is not None:
+            raise SSLError(endpoint_url=f"{host}{target}", error=self._refused)
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         notices = self._notices
         if notices is None or notices.token is not token:  # a new run
-            notices = self._notices = _Notices(token, self.idle_timeout)
+            notices = self._notices = _Notices(token, self.idle_timeout, self._diagnosed)
         notify = functools.partial(notices.tell, done.set)
 
         early = None
@@ -189,6 +201,8 @@ class CrtClient:
         notices.watch(answer, done, allowed)
         try:
             await done.wait()
+            if answer.stalled and self._refused is not None:
+                raise SSLError(endpoint_url=f"{host}{target}", error=self._refused)
             if answer.stalled:
                 raise ReadTimeoutError(
                     endpoint_url=f"{host}{target}",
@@ -215,6 +229,16 @@ class CrtClient:
                 endpoint_url=f"{host}{target}", error=f"{exc.name}: {exc.message}"
             ) from exc
         return answer.reply()
+
+    def _diagnosed(self) -> str | None:
+        """Why requests stall, when it is the endpoint's certificate (blocks: a worker
+        thread's). The CRT gives a request whose TLS handshake failed on an untrusted
+        certificate no answer at all (it neither retries it nor fails it), so a request
+        that got nothing back for a while has the handshake tried again here."""
+        if self._refused is None and self._diagnose is not None:
+            self._refused = self._diagnose()
+            self._diagnose = None  # once: the answer holds for the client's life
+        return self._refused
 
     def send_early(
         self,
@@ -309,8 +333,10 @@ class _Notices:
     more of the trio thread's time than anything else it did per file but the CRT's own
     call; one task looks at every request in flight a few times per idle timeout."""
 
-    def __init__(self, token: Any, idle_timeout: float) -> None:
+    def __init__(self, token: Any, idle_timeout: float,
+                 diagnose: Callable[[], str | None] | None = None) -> None:
         self.token = token
+        self._diagnose = diagnose  # why requests stall, if the client can tell (TLS)
         self._queued: collections.deque[Callable[[], None]] = collections.deque()
         self._lock = threading.Lock()
         self._woken = False
@@ -341,6 +367,16 @@ class _Notices:
                 await self._watching.wait()
             await trio.sleep(self._tick)
             now = time.monotonic()
+            if self._diagnose is not None and any(
+                    not answer.over and not answer.status and now - answer.moved >= UNANSWERED
+                    for answer in self._watched):
+                diagnose, self._diagnose = self._diagnose, None
+                if await trio.to_thread.run_sync(diagnose, abandon_on_cancel=True):
+                    for answer, (done, _) in list(self._watched.items()):
+                        answer.stalled = True  # `send` says why
+                        del self._watched[answer]
+                        done.set()
+                    continue
             for answer, (done, allowed) in list(self._watched.items()):
                 if not answer.over and now - answer.moved >= allowed:
                     answer.stalled = True
@@ -432,3 +468,21 @@ def _signature(method: str, bucket: str, key: str, query: str,
 
 def _lower(headers: Sequence[tuple[str, str]] | None) -> dict[str, str]:
     return {name.lower(): value for name, value in headers or ()}
+
+
+def certificate_refusal(host: str, port: int, ca_file: str | None) -> str | None:
+    """Why a TLS handshake with `host:port` fails on its certificate (trusting `ca_file`,
+    else the system's authorities, as the CRT does), or None: it does not, or fails for
+    another reason (the request's own timeout tells of that). Blocks up to a few seconds."""
+    import socket
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=ca_file or None)
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"its certificate is not trusted ({exc.verify_message or exc.reason})"
+    except (OSError, ValueError):
+        return None

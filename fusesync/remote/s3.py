@@ -29,6 +29,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
+    SSLError,
 )
 from botocore.exceptions import ConnectionError as TransportError
 
@@ -140,6 +141,11 @@ def translate(
         )
     if isinstance(exc, ProfileNotFound):
         return ConfigError(f"no AWS profile named '{exc.kwargs.get('profile')}'")
+    if isinstance(exc, SSLError):  # (a TransportError too)
+        why = str(exc.kwargs.get("error") or exc)
+        hint = ("; if it is a server of your own, name the authority that signed its "
+                "certificate in AWS_CA_BUNDLE") if "certificate" in why else ""
+        return RemoteError(_one_line(f"cannot reach {endpoint} securely: {why}{hint}"))
     if isinstance(exc, TransportError | HTTPClientError | IncompleteReadError):
         return RemoteError(_one_line(f"cannot reach {endpoint}: {exc}"))
     return RemoteError(_one_line(f"{op} of {what} at {endpoint} failed: {exc}"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import re
@@ -65,9 +67,14 @@ class SeaweedServer:
     """
 
     def __init__(
-        self, data_dir: Path, *, start_timeout: float = 60.0, executable: Path | None = None
+        self, data_dir: Path, *, start_timeout: float = 60.0, executable: Path | None = None,
+        tls: bool = False,
     ) -> None:
+        """`tls`: serve S3 over HTTPS only, with a certificate of its own for the loopback
+        address (`ca_file`: what a client must trust)."""
         self.data_dir = data_dir
+        self.tls = tls
+        self.ca_file: Path | None = None
         self.log_path = data_dir / "weed.log"
         self.start_timeout = start_timeout
         self.executable = executable
@@ -90,6 +97,8 @@ class SeaweedServer:
         self.access_key = "FS" + secrets.token_hex(9).upper()
         self.secret_key = secrets.token_urlsafe(30)
         self._session = _isolated_session(self.access_key, self.secret_key, self.region)
+        if self.tls:
+            self.ca_file, self._tls_key = self_signed(self.data_dir / "tls", LOOPBACK)
         identity = self._write_identity()
         attempt = 1
         while True:
@@ -161,7 +170,7 @@ class SeaweedServer:
         Drop every other AWS_* variable (AWS_PROFILE, AWS_SESSION_TOKEN, ...) before applying.
         The endpoint is not included: the code under test must be told it explicitly.
         """
-        return {
+        env = {
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
@@ -169,6 +178,9 @@ class SeaweedServer:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
+        if self.ca_file is not None:  # the certificate it serves, as boto3 is told of one
+            env["AWS_CA_BUNDLE"] = str(self.ca_file)
+        return env
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -188,6 +200,7 @@ class SeaweedServer:
             return self._session.client(
                 "s3",
                 endpoint_url=self.endpoint_url,
+                verify=str(self.ca_file) if self.ca_file is not None else None,
                 aws_access_key_id=access_key or self.access_key,
                 aws_secret_access_key=secret_key or self.secret_key,
                 config=config,
@@ -222,7 +235,8 @@ class SeaweedServer:
         finally:
             reservation.release()
         self.ports = ports
-        self.endpoint_url = f"http://{LOOPBACK}:{ports['s3.port']}"
+        scheme = "https" if self.tls else "http"
+        self.endpoint_url = f"{scheme}://{LOOPBACK}:{ports['s3.port']}"
         command = [*_death_signal_prefix(), *self._command(identity)]
         tmp = self.data_dir / "tmp"
         tmp.mkdir(exist_ok=True)
@@ -267,6 +281,8 @@ class SeaweedServer:
             "volume.max": 0,  # slots from free disk / volume size: with 64 MB, plenty
             "s3.config": identity,
         }
+        if self.ca_file is not None:
+            flags["s3.cert.file"], flags["s3.key.file"] = self.ca_file, self._tls_key
         # Their local unix sockets would otherwise be left in /tmp after a stop.
         for service in ("filer", "s3"):
             path = self.data_dir / f"{service}.sock"
@@ -352,6 +368,41 @@ class _PortReservation:
         self._sockets.append(sock)
         bound: int = sock.getsockname()[1]
         return bound
+
+
+def self_signed(folder: Path, address: str) -> tuple[Path, Path]:
+    """A certificate for `address` (an IP address) and its key, as PEM files in `folder`;
+    the certificate is its own authority, the file a client is told to trust."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def _isolated_session(access_key: str, secret_key: str, region: str) -> boto3.session.Session:
