@@ -106,6 +106,7 @@ class CrtClient:
         tls = endpoint.scheme == "https"
         tls_options = None
         self._refused: str | None = None  # why the endpoint's certificate is not trusted
+        self._answered = False  # a request got an answer: a handshake went through
         self._diagnose: Callable[[], str | None] | None = None
         if tls:
             options = crt_io.TlsContextOptions()
@@ -166,7 +167,8 @@ class CrtClient:
         done = trio.Event()
         notices = self._notices
         if notices is None or notices.token is not token:  # a new run
-            notices = self._notices = _Notices(token, self.idle_timeout, self._diagnosed)
+            notices = self._notices = _Notices(
+                token, self.idle_timeout, self._diagnosed if self._diagnose else None)
         notify = functools.partial(notices.tell, done.set)
 
         early = None
@@ -203,6 +205,8 @@ class CrtClient:
             await done.wait()
             if answer.stalled and self._refused is not None:
                 raise SSLError(endpoint_url=f"{host}{target}", error=self._refused)
+            if answer.status:
+                self._answered = True
             if answer.stalled:
                 raise ReadTimeoutError(
                     endpoint_url=f"{host}{target}",
@@ -233,8 +237,11 @@ class CrtClient:
     def _diagnosed(self) -> str | None:
         """Why requests stall, when it is the endpoint's certificate (blocks: a worker
         thread's). The CRT gives a request whose TLS handshake failed on an untrusted
-        certificate no answer at all (it neither retries it nor fails it), so a request
-        that got nothing back for a while has the handshake tried again here."""
+        certificate no answer at all (it neither retries it nor fails it), so when no
+        request of this client was ever answered and one waits for a while, the handshake
+        is tried again here, once."""
+        if self._answered:  # the handshake goes through: requests stall for another reason
+            return None
         if self._refused is None and self._diagnose is not None:
             self._refused = self._diagnose()
             self._diagnose = None  # once: the answer holds for the client's life
