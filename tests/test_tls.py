@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mounting import mounted
-from tests.support.seaweed import SeaweedServer
-from tests.syncenv import Cluster, tree_of
+from support.mounting import mounted
+from support.seaweed import SeaweedServer
+from syncenv import Cluster, tree_of
 
 BIG = 20 * 1024 * 1024  # over the multipart threshold (16 MiB): parts up, ranges down
 
