@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support.mounting import mounted
 from support.seaweed import SeaweedServer
 from syncenv import Cluster, tree_of
