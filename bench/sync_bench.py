@@ -5,7 +5,13 @@ Ctrl+C); per tool, a seeded synthetic home pushed to its own prefix of one bucke
 pulled back into an empty folder. Prints a table of wall-clock seconds, the ratio of
 fusesync to the best peer per column with the targets, and writes cache/bench/results.json.
 
-    python -m bench.sync_bench [--quick] [--repeat N] [--tools fusesync,aws,...] [--keep]
+    python -m bench.sync_bench [--quick] [--repeat N] [--pull-rounds N]
+                               [--tools fusesync,aws,...] [--keep]
+
+pull-all, the column noisiest on a shared machine (one tool's pull of the same tree took
+2.2 s in one run and 3.8 s in another), is also run again once every tool has pushed: in
+rounds (`--pull-rounds`, the order reversed each round), each tool into a folder of its
+own that nothing was removed from; the best counts, as for the no-op columns.
 """
 
 from __future__ import annotations
@@ -103,6 +109,26 @@ def timed(
     return cell
 
 
+def pull_again(tool_cls: type[Tool], exe: Path, run_dir: Path, server: SeaweedServer,
+               result: ToolResult, round_no: int) -> None:
+    """Another pull of everything the tool pushed, into a new folder and, for fusesync, a
+    new cluster (state and all): a pull-all as the first one was."""
+    if result.error or PULL_ALL not in result.cells or result.cells[PULL_ALL].error:
+        return
+    pushed = run_dir / tool_cls.name
+    root = pushed / f"round{round_no}"
+    ws = Workspace(root=root, src=pushed / "src", dest=root / "dest", bucket=BUCKET,
+                   server=server)
+    ws.dest.mkdir(parents=True)
+    tool = tool_cls(exe, ws)
+    try:
+        tool.setup()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log(f"  {tool_cls.name}: round {round_no} setup failed: {exc}")
+        return
+    timed(result, PULL_ALL, tool.pull(), 1)
+
+
 def bench_tool(
     tool_cls: type[Tool],
     exe: Path,
@@ -194,7 +220,8 @@ def cell_text(result: ToolResult, column: str) -> str:
     return f"{cell.best:.2f}{mark}"
 
 
-def table(results: list[ToolResult], spec: TreeSpec, stats: TreeStats, repeat: int) -> str:
+def table(results: list[ToolResult], spec: TreeSpec, stats: TreeStats, repeat: int,
+          pull_rounds: int = 1) -> str:
     head = ["seconds", *COLUMNS, "pulled copy"]
     rows = []
     for r in results:
@@ -216,8 +243,8 @@ def table(results: list[ToolResult], spec: TreeSpec, stats: TreeStats, repeat: i
     mib = stats.bytes / 2**20
     lines = [
         f"{spec.label}: {stats.files} files in {stats.dirs} dirs, {mib:.0f} MiB; "
-        f"no-op and 1-change: best of {repeat}; -all: once; {os.cpu_count()} CPUs shared "
-        "with the S3 server",
+        f"no-op and 1-change: best of {repeat}; push-all: once; pull-all: best of "
+        f"{pull_rounds} rounds; {os.cpu_count()} CPUs shared with the S3 server",
         "",
         line(head),
         line(["-" * w for w in widths]),
@@ -245,12 +272,14 @@ def write_json(
     spec: TreeSpec,
     stats: TreeStats,
     repeat: int,
+    pull_rounds: int = 1,
 ) -> None:
     data: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "spec": asdict(spec),
         "tree": asdict(stats),
         "repeat": repeat,
+        "pull_rounds": pull_rounds,
         "cpus": os.cpu_count(),
         "server": _weed_version(),
         "tools": {
@@ -302,6 +331,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs of each no-op and 1-change column; the best counts (3)",
     )
     parser.add_argument(
+        "--pull-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="pulls of everything per tool, in rounds once all have pushed; the best "
+             "counts (3)",
+    )
+    parser.add_argument(
         "--tools",
         default=",".join(DEFAULT_ORDER),
         help="comma-separated, in this order (default: %(default)s)",
@@ -316,8 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [t for t in args.tools if t not in TOOLS]
     if unknown:
         parser.error(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if args.repeat < 1 or args.pull_rounds < 1:
+        parser.error("--repeat and --pull-rounds must be at least 1")
     return args
 
 
@@ -357,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             server.client().create_bucket(Bucket=BUCKET)
             for tool_cls, exe in chosen:
                 results.append(bench_tool(tool_cls, exe, run_dir, server, spec, args.repeat))
+            tools = list(zip(chosen, results, strict=True))
+            for round_no in range(1, args.pull_rounds):
+                log(f"pull-all, round {round_no + 1} of {args.pull_rounds}")
+                order = tools[::-1] if round_no % 2 else tools
+                for (tool_cls, exe), result in order:
+                    pull_again(tool_cls, exe, run_dir, server, result, round_no)
     finally:
         if not args.keep:
             remove_trees(run_dir, data_dir)
@@ -367,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r.name}: {r.version}")
     print()
-    print(table(results, spec, stats, args.repeat))
+    print(table(results, spec, stats, args.repeat, args.pull_rounds))
     out = BENCH_DIR / "results.json"
-    write_json(out, results, skipped, spec, stats, args.repeat)
+    write_json(out, results, skipped, spec, stats, args.repeat, args.pull_rounds)
     print(f"\nresults: {out.relative_to(ROOT)}")
     ok = all(
         r.error is None and r.correct and all(c.error is None for c in r.cells.values())
