@@ -126,7 +126,11 @@ def pull_again(tool_cls: type[Tool], exe: Path, run_dir: Path, server: SeaweedSe
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log(f"  {tool_cls.name}: round {round_no} setup failed: {exc}")
         return
-    timed(result, PULL_ALL, tool.pull(), 1)
+    if timed(result, PULL_ALL, tool.pull(), 1).error is None:  # its copy checked too
+        mismatch = compare(snapshot(ws.src), snapshot(ws.dest))
+        if mismatch:
+            result.correct, result.mismatch = False, f"round {round_no + 1}: {mismatch}"
+            log(f"  {tool_cls.name}: round {round_no + 1}'s pulled copy differs: {mismatch}")
 
 
 def bench_tool(
