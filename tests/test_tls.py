@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 from support.mounting import mounted
 from support.seaweed import SeaweedServer
 from syncenv import Cluster, tree_of
+
+from fusesync.remote.crt import certificate_refusal
 
 BIG = 20 * 1024 * 1024  # over the multipart threshold (16 MiB): parts up, ranges down
 
@@ -82,3 +86,18 @@ def test_a_certificate_nobody_named_is_refused(tmp_path: Path, tls_server: Seawe
 
     a.env["AWS_CA_BUNDLE"] = ca_bundle
     assert "1 uploaded" in a.push().output
+
+
+def test_the_certificate_probe_blames_only_the_certificate(tls_server: SeaweedServer) -> None:
+    """What the CRT client asks when its requests go unanswered (`certificate_refusal`):
+    a reason only for a certificate nobody trusts, nothing for a trusted one or for an
+    endpoint that does not answer at all (the request's own timeout says that)."""
+    url = urllib.parse.urlsplit(tls_server.endpoint_url)
+    host, port = url.hostname or "", url.port or 443
+    assert certificate_refusal(host, port, str(tls_server.ca_file)) is None
+    refused = certificate_refusal(host, port, None)
+    assert refused is not None and "not trusted" in refused
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+    assert certificate_refusal(host, closed, None) is None
