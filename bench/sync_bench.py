@@ -32,6 +32,7 @@ from bench.tools import TOOLS, Command, Tool, Workspace, execute
 from bench.tree import (
     FULL,
     QUICK,
+    Snapshot,
     TreeSpec,
     TreeStats,
     change_one,
@@ -76,6 +77,7 @@ class ToolResult:
     commands: dict[str, str] = field(default_factory=dict)
     cells: dict[str, Cell] = field(default_factory=dict)
     correct: bool | None = None  # the pulled copy equals the source (None: not checked)
+    expected: Snapshot | None = field(default=None, repr=False)  # the source, as pushed
     mismatch: str | None = None
     error: str | None = None
 
@@ -113,7 +115,7 @@ def pull_again(tool_cls: type[Tool], exe: Path, run_dir: Path, server: SeaweedSe
                result: ToolResult, round_no: int) -> None:
     """Another pull of everything the tool pushed, into a new folder and, for fusesync, a
     new cluster (state and all): a pull-all as the first one was."""
-    if result.error or PULL_ALL not in result.cells or result.cells[PULL_ALL].error:
+    if result.error or result.expected is None or result.cells[PULL_ALL].error:
         return
     pushed = run_dir / tool_cls.name
     root = pushed / f"round{round_no}"
@@ -127,7 +129,7 @@ def pull_again(tool_cls: type[Tool], exe: Path, run_dir: Path, server: SeaweedSe
         log(f"  {tool_cls.name}: round {round_no} setup failed: {exc}")
         return
     if timed(result, PULL_ALL, tool.pull(), 1).error is None:  # its copy checked too
-        mismatch = compare(snapshot(ws.src), snapshot(ws.dest))
+        mismatch = compare(result.expected, snapshot(ws.dest))
         if mismatch:
             result.correct, result.mismatch = False, f"round {round_no + 1}: {mismatch}"
             log(f"  {tool_cls.name}: round {round_no + 1}'s pulled copy differs: {mismatch}")
@@ -160,7 +162,7 @@ def bench_tool(
         return result
     timed(result, PUSH_NOOP, push, repeat)
     timed(result, PUSH_ONE, push, repeat, before=lambda i: change_one(ws.src, i))
-    expected = snapshot(ws.src)
+    expected = result.expected = snapshot(ws.src)
     if timed(result, PULL_ALL, pull, 1).error is None:
         result.mismatch = compare(expected, snapshot(ws.dest))
         result.correct = result.mismatch is None

@@ -19,7 +19,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import BinaryIO
 
 from fusesync.errors import FusesyncError
@@ -81,7 +81,7 @@ class Tree:
     def __init__(self, root: str | os.PathLike[str] | int) -> None:
         """Open `root`, or take a duplicate of an already open directory descriptor."""
         self.fd = os.dup(root) if isinstance(root, int) else os.open(root, _DIR_FLAGS)
-        self._umask = current_umask()
+        self._umask = _current_umask()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -377,12 +377,12 @@ def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None,
         os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
-@lru_cache(maxsize=1)
+@cache
 def _as_root() -> bool:
     return os.geteuid() == 0
 
 
-def current_umask() -> int:
+def _current_umask() -> int:
     """The process's umask, read without setting it (Linux tells it in /proc since 4.7;
     elsewhere it is set and set back)."""
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:

@@ -75,6 +75,7 @@ class SeaweedServer:
         self.data_dir = data_dir
         self.tls = tls
         self.ca_file: Path | None = None
+        self._tls_key: Path | None = None
         self.log_path = data_dir / "weed.log"
         self.start_timeout = start_timeout
         self.executable = executable
