@@ -213,18 +213,16 @@ class Journal:
                                   remote_from=None, dirty=self.seq)
                 self._adopt(row["remote_from"])
             return
-        with self.index.transaction():
-            # Changed while it streamed in: `st` may be of a write that came after the file
-            # was hashed, so no MD5 is recorded and push hashes it again (it would send an
-            # MD5 the file does not have, refused at every push).
-            local = columns.local_from_stat(st, kind, None if changed else md5,
-                                            row["remote_target"])
-            self.index.upsert(path, **local)
-            if changed:
-                self.index.upsert(path, **columns.remote_as_local_base(row), dirty=self.seq)
-                return
-            fresh = self.index.require(path)
-            self.index.upsert(path, **columns.local_base(fresh), **columns.remote_base(row))
+        # Changed while it streamed in: `st` may be of a write that came after the file was
+        # hashed, so no MD5 is recorded and push hashes it again (it would send an MD5 the
+        # file does not have, refused at every push). One statement, as pull records a file
+        # it landed (it was written, read back and written again).
+        local = columns.local_from_stat(st, kind, None if changed else md5, row["remote_target"])
+        if changed:
+            self.index.upsert(path, **local, **columns.remote_as_local_base(row), dirty=self.seq)
+        else:
+            self.index.upsert(path, **local, **columns.local_base(local),
+                              **columns.remote_base(row))
 
     def evicted(self, path: str) -> None:
         """A clean fetched file was removed from the tree: remote-only again."""
