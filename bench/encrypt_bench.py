@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench.tools import Command, Fusesync, Workspace, execute
+from bench.tools import Command, Fusesync, Workspace, execute, settle
 from bench.tree import (
     FULL,
     MIB,
@@ -68,6 +68,7 @@ class Runs:
 
 
 def timed(command: Command) -> float:
+    settle()
     outcome = execute(command)
     if outcome.returncode != 0:
         raise RuntimeError(f"'{command.shell()}' exited {outcome.returncode}:\n{outcome.output}")

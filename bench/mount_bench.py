@@ -28,6 +28,7 @@ from bench.tools import (
     Rclone,
     Workspace,
     execute,
+    settle,
 )
 from bench.tree import FULL, QUICK, TreeSpec, make_tree, remove_trees, wait_out_removals
 from tests.support.seaweed import SeaweedServer
@@ -55,16 +56,19 @@ COLUMNS = (
 )
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds `argv` took; raises when it fails."""
+def run(argv: list[str], env: dict[str, str], cwd: Path, *, settled: bool = True) -> float:
+    """Seconds `argv` took; raises when it fails. `settled`: the page cache written back
+    first (tools.settle), untimed; not inside a column that times several commands."""
+    if settled:
+        settle()
     outcome = execute(Command(argv, env, cwd))
     if outcome.returncode != 0:
         raise RuntimeError(f"'{' '.join(argv)}' exited {outcome.returncode}:\n{outcome.output}")
     return outcome.seconds
 
 
-def sh(script: str, env: dict[str, str], cwd: Path) -> float:
-    return run(["sh", "-c", script], env, cwd)
+def sh(script: str, env: dict[str, str], cwd: Path, *, settled: bool = True) -> float:
+    return run(["sh", "-c", script], env, cwd, settled=settled)
 
 
 def mounted(path: Path) -> bool:
@@ -168,7 +172,7 @@ class FusesyncMount(Mounted):
 
     def mount(self) -> None:
         # as a user mounts: the command returns once the daemon serves the pulled tree
-        run([self.tool.exe, "mount", FUSESYNC_TARGET], self.env, self.ws.root)
+        run([self.tool.exe, "mount", FUSESYNC_TARGET], self.env, self.ws.root, settled=False)
 
     def uploaded(self, folder: str) -> float:
         return run([self.tool.exe, "push", FUSESYNC_TARGET], self.env, self.ws.root)
@@ -260,10 +264,12 @@ def measure(tool: Mounted, small: list[str], big: str) -> dict[str, float]:
     mnt, env, cwd = tool.mnt, tool.env, tool.ws.root
     quoted = " ".join(f"'{mnt}/{f}'" for f in small)
     results: dict[str, float] = {}
+    settle()
     started = time.perf_counter()
     tool.mount()
     try:
-        results["find cold"] = sh(f"find '{mnt}' -type f | wc -l >/dev/null", env, cwd)
+        results["find cold"] = sh(f"find '{mnt}' -type f | wc -l >/dev/null", env, cwd,
+                                  settled=False)
         results["mount + first find"] = time.perf_counter() - started
         # warm columns: a steady state, so the best of 3 (one run is mostly noise here)
         results["find warm"] = min(sh(f"find '{mnt}' -type f | wc -l >/dev/null", env, cwd)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.tools import TOOLS, Command, Tool, Workspace, execute
+from bench.tools import TOOLS, Command, Tool, Workspace, execute, settle
 from bench.tree import (
     FULL,
     QUICK,
@@ -94,6 +94,7 @@ def timed(
     for i in range(runs):
         if before is not None:
             before(i)
+        settle()
         try:
             outcome = execute(command)
         except subprocess.TimeoutExpired as exc:

@@ -44,6 +44,14 @@ class Outcome:
     output: str
 
 
+def settle() -> None:
+    """Write every dirty page back before a timed command (untimed): a tool that makes its
+    writes durable (fusesync's syncfs, a mount's `sync`) would otherwise also write back
+    what the commands before it left in the page cache, another tool's 220 MB pull
+    among them, and pay for it depending on the order."""
+    os.sync()
+
+
 def execute(cmd: Command) -> Outcome:
     """Run `cmd` to its end, output captured; wall-clock seconds from start to exit."""
     start = time.perf_counter()
