@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -257,6 +258,11 @@ def table(results: list[ToolResult], spec: TreeSpec, stats: TreeStats, repeat: i
         line(["-" * w for w in widths]),
     ]
     lines += [line(row) for row in rows]
+    if pull_rounds > 1:
+        lines += ["", f"{PULL_ALL} in every round (median):", *(
+            f"  {r.name:<9} {' '.join(f'{s:.2f}' for s in cell.runs)} "
+            f"({statistics.median(cell.runs):.2f})"
+            for r in results if (cell := r.cells.get(PULL_ALL)) and cell.runs)]
     notes = [f"{r.name}: {r.error}" for r in results if r.error]
     notes += [f"{r.name}: pulled copy wrong: {r.mismatch}" for r in results if r.mismatch]
     notes += [
