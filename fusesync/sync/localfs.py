@@ -2,8 +2,9 @@
 
 Every path is reached from the target's own directory descriptor one component at a time
 with O_NOFOLLOW; files land under a temporary name, are fsynced and renamed into place
-(small files in batches: written, made durable by one syncfs, then renamed). All
-functions block: call them from a worker thread.
+(small files in batches: written, made durable by one syncfs, then renamed; file by file
+when other programs hold much unwritten data, which a syncfs would write back first).
+All functions block: call them from a worker thread.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def temporary_name(name: str) -> str:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+DIRTY_ELSEWHERE = 256 << 20
+"""Bytes waiting to be written back, beyond a batch's own, above which the batch is made
+durable file by file (an fsync each) instead of by one syncfs. syncfs writes back every
+dirty page of the file system first: with 2 GiB another program had just written
+(`/proc/meminfo` Dirty), it took 0.92 s for 128 small files, the fsyncs 0.02 s; on a quiet
+system one syncfs per batch is the cheaper (5,000 files: 0.20-0.26 s, an fsync each
+0.95-1.07 s, or 0.48 s from 16 threads)."""
 
 
 class UnsafePath(FusesyncError):
@@ -176,7 +185,12 @@ class Tree:
                 except Exception as exc:
                     item.result = exc
             if staged:
-                _sync_file_system(self.fd)
+                own = sum(len(item.body) for item, *_ in staged)
+                if _unwritten_bytes() - own > DIRTY_ELSEWHERE:
+                    for _, _, fd, _, _ in staged:
+                        os.fsync(fd)
+                else:
+                    _sync_file_system(self.fd)
             for item, dfd, fd, tmp, name in staged:
                 try:
                     _place(dfd, tmp, name, item.expect, item.relpath)
@@ -345,6 +359,17 @@ def renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> None:
     if call(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), src)
+
+
+def _unwritten_bytes() -> int:
+    """Bytes of the system's page cache not yet on disk (`Dirty` + `Writeback` in
+    /proc/meminfo); 0 where that is not known."""
+    found = 0
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", "rb") as meminfo:
+        for line in meminfo:
+            if line.startswith((b"Dirty:", b"Writeback:")):
+                found += int(line.split()[1]) * 1024  # in kB
+    return found
 
 
 def _sync_file_system(fd: int) -> None:
