@@ -172,7 +172,8 @@ class Tree:
 
     def land(self, batch: Sequence[Landing]) -> None:
         """Write each file of `batch` under a temporary name, make them all durable with one
-        syncfs of the tree's file system, then rename each into place if its path is still
+        syncfs of the tree's file system (an fsync each beside much data other programs
+        left unwritten: DIRTY_ELSEWHERE), then rename each into place if its path is still
         as expected. Sets each item's `result`: the stat of the landed file, or the error
         that left its path alone. One fsync per file cost a pull of small files more than
         its downloads did; the promise is the same: no path ever holds a partial file."""
