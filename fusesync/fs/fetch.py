@@ -29,7 +29,13 @@ from fusesync.fs.journal import Journal
 from fusesync.fs.nodes import Node
 from fusesync.index import Row
 from fusesync.remote.base import Remote, asked_nothing
-from fusesync.sync.localfs import RENAME_NOREPLACE, local_ids, renameat2, temporary_name
+from fusesync.sync.localfs import (
+    RENAME_NOREPLACE,
+    as_root,
+    local_ids,
+    renameat2,
+    temporary_name,
+)
 from fusesync.sync.model import SPECIAL_BITS
 from fusesync.sync.pull import remote_mtime_ns, remote_owner
 
@@ -319,7 +325,7 @@ def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None) -> str:
         if row["remote_md5"] and md5 != row["remote_md5"] and not row["remote_enc"] \
                 and not modified:
             raise FetchFailed("downloaded data does not match its MD5")  # (decrypting checked)
-        if os.geteuid() == 0:
+        if as_root():
             uid, gid = local_ids(remote_owner(row))
             if uid is not None or gid is not None:
                 os.fchown(fetch.fd, -1 if uid is None else uid, -1 if gid is None else gid)

@@ -393,7 +393,7 @@ def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None,
            created: int | None = None) -> None:
     """Owner first (chown clears setuid bits), then mode without special bits (unless the
     file was `created` with them), then times."""
-    if owner is not None and _as_root():
+    if owner is not None and as_root():
         uid, gid = local_ids(owner)
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
@@ -404,7 +404,8 @@ def _apply(fd: int, mode: int, mtime_ns: int | None, owner: Owner | None,
 
 
 @cache
-def _as_root() -> bool:
+def as_root() -> bool:
+    """Whether this process may give files their owners (asked once)."""
     return os.geteuid() == 0
 
 
