@@ -170,6 +170,58 @@ async def test_open_fetches_into_the_tree(overlay: Overlay, root: Path, index: I
     assert not [p for p in os.listdir(root / "far") if TMP_MARK in p]
 
 
+async def test_a_fetched_entry_is_on_disk_before_its_row_says_it_is_here(
+    overlay: Overlay, root: Path, index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder a fetch makes and the file it renames into place are synced (an fsync
+    of the folder holding each) before their rows record them as local: else a power cut
+    could leave a row saying the file stands here with nothing there, and the next push
+    would delete the remote's copy of a file it takes for one deleted here."""
+    from fusesync.fs import fetch
+
+    events: list[tuple[str, str]] = []
+    fsync, mkdir, rename, upsert = os.fsync, os.mkdir, fetch.renameat2, Index.upsert
+
+    def where(dir_fd: int, name: str = "") -> str:
+        folder = Path(os.readlink(f"/proc/self/fd/{dir_fd}")).relative_to(root.resolve())
+        return (folder / name).as_posix()
+
+    def synced(fd: int) -> None:
+        fsync(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append(("fsync-dir", where(fd)))
+
+    def made(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        mkdir(name, mode, dir_fd=dir_fd)
+        if dir_fd is not None:
+            events.append(("placed", where(dir_fd, name)))
+
+    def renamed(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> None:
+        rename(src_fd, src, dst_fd, dst, flags)
+        events.append(("placed", where(dst_fd, dst)))
+
+    def recorded(index: Index, path: str, **values: Any) -> None:
+        upsert(index, path, **values)
+        if values.get("local_kind"):
+            events.append(("row", path))
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "mkdir", made)
+    monkeypatch.setattr(fetch, "renameat2", renamed)
+    monkeypatch.setattr(Index, "upsert", recorded)
+    far = overlay.lookup(ROOT_INODE, "far")
+    away = overlay.lookup(far.ino, "away.txt")
+    fh = await overlay.open(away.ino, os.O_RDONLY)
+    assert await overlay.read(fh, 0, 100) == b"far away"
+    overlay.release(fh)
+    await fetched(overlay)
+    assert [e for e in events if e[0] == "row"] == [("row", "far"), ("row", "far/away.txt")]
+    for path in ("far", "far/away.txt"):
+        placed, row = events.index(("placed", path)), events.index(("row", path))
+        folder = path.rpartition("/")[0] or "."
+        assert ("fsync-dir", folder) in events[placed:row], events
+
+
 async def test_read_waits_only_for_its_range(overlay: Overlay, remote: FakeRemote,
                                              root: Path) -> None:
     remote.hold_after = 4000

@@ -2,12 +2,12 @@
 
 The object streams into a temporary file beside its final name and a read waits only
 until its own range has arrived. On success the file is verified, given the remote's
-mode, owner and mtime, fsynced and renamed into place (never over something local), and
-its row records the new base. A small file comes whole in one GET and is checked against
-its MD5 before any read is given a byte of it; a large one streams, so its reads may see
-bytes before the whole is checked (a mismatch then fails the reads after). On failure
-the temporary file is removed, one line goes to the log and waiting reads fail: no
-partial file ever stands at the path.
+mode, owner and mtime, fsynced and renamed into place (never over something local), its
+folder is fsynced, and only then does its row record the new base. A small file comes
+whole in one GET and is checked against its MD5 before any read is given a byte of it; a
+large one streams, so its reads may see bytes before the whole is checked (a mismatch
+then fails the reads after). On failure the temporary file is removed, one line goes to
+the log and waiting reads fail: no partial file ever stands at the path.
 """
 
 from __future__ import annotations
@@ -261,8 +261,7 @@ class Fetcher:
                 )
             fetch.arrived(0, fetch.size)
             fetch.wake()
-            md5 = await trio.to_thread.run_sync(_seal, fetch, row, whole)
-            renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
+            md5 = await trio.to_thread.run_sync(_seal, fetch, row, whole, name)
             placed = True
             self.journal.fetched(row, os.fstat(fetch.fd), md5, changed=fetch.modified)
             if self.on_fetched is not None:
@@ -300,10 +299,14 @@ def _arrive(fetch: Fetch, offset: int, data: bytes) -> None:
     trio.from_thread.run_sync(fetch.wake)
 
 
-def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None) -> str:
-    """Verify the download, give it the remote's attributes, fsync it. Blocks. `whole`:
-    a small file's MD5 and size as checked in memory, which the file holds unless it was
-    written to meanwhile (else it is read back and hashed).
+def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None, name: str) -> str:
+    """Verify the download, give it the remote's attributes, fsync it, rename it into
+    place as `name` and fsync its folder, so that the row recorded next never says a file
+    stands here that a power cut could take back (a push would delete the remote's copy
+    of what it took for a file deleted here). Blocks. `whole`: a small file's MD5 and
+    size as checked in memory, which the file holds unless it was written to meanwhile
+    (else it is read back and hashed). Anything that could touch the path through the
+    mount waits for the fetch to end first (View.settle).
 
     A file written through the mount while it streamed in, or while it was hashed, holds
     more than the download: its MD5 is no check of the transfer then, and its mtime is the
@@ -334,6 +337,8 @@ def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None) -> str:
         if mtime_ns is not None and not modified:
             os.utime(fetch.fd, ns=(mtime_ns, mtime_ns))
     os.fsync(fetch.fd)
+    renameat2(fetch.dir_fd, fetch.tmp, fetch.dir_fd, name, RENAME_NOREPLACE)
+    os.fsync(fetch.dir_fd)
     return md5
 
 

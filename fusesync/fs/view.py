@@ -411,6 +411,7 @@ class View:
         parent_fd = self.local_dir(node.parent)
         with contextlib.suppress(FileExistsError):
             os.mkdir(node.name, 0o700, dir_fd=parent_fd)
+            os.fsync(parent_fd)  # on disk before its row says it is here (as a fetch)
         self._apply_remote(parent_fd, node.name, row)
         self.journal.fetched(row, os.lstat(node.name, dir_fd=parent_fd), None)
         fd = self.dirs.get(node)
@@ -445,6 +446,7 @@ class View:
             assert node.parent is not None
             parent_fd = self.local_dir(node.parent)
             os.symlink(row["remote_target"], node.name, dir_fd=parent_fd)
+            os.fsync(parent_fd)  # on disk before its row says it is here (as a fetch)
             self._apply_remote(parent_fd, node.name, row)
             st = os.lstat(node.name, dir_fd=parent_fd)
             self.journal.fetched(row, st, md5_text(row["remote_target"]))

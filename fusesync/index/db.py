@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from fusesync.errors import FusesyncError, StateError
 from fusesync.index.schema import MIGRATIONS, statements
@@ -315,33 +315,76 @@ class Index:
         return cursor.rowcount
 
 
+class Durable(Protocol):
+    """What RowWriter asks of a local tree it records changes of (localfs.Tree)."""
+
+    changed: int  # changes made to the tree so far, numbered in order
+    durable: int  # how many of the first of them are known to be on disk
+
+    def settle(self) -> None:
+        """Make every change so far durable."""
+
+
+HELD_ROWS = 4096
+"""Rows a RowWriter holds for changes not yet durable before it makes them so itself."""
+
+
 class RowWriter:
     """Confirmed row changes, written together: one transaction per batch, not per row.
 
     Transfers finish on worker threads by the thousand; a commit each would keep the
     event loop's thread waiting for the GIL. A run killed before a flush loses only
     bookkeeping: the next run finds the same content on both sides and records it.
+
+    Given the `tree` the rows describe, a row is written only once every change made to
+    the tree before it was put is on disk: a file's row never says it stands in place
+    while a power cut could still undo its rename (a push would then take the missing
+    file for one deleted here, and delete the remote's copy). Pull's batches make their
+    files durable with a syncfs before renaming them, so each batch's syncfs also covers
+    the renames of the batches before it: rows wait one batch, and cost no sync of
+    their own until the run's last flush (`settle=True`).
     """
 
-    def __init__(self, index: Index, size: int = 256, seconds: float = 1.0) -> None:
+    def __init__(self, index: Index, size: int = 256, seconds: float = 1.0,
+                 tree: Durable | None = None) -> None:
         self.index = index
         self.size = size
         self.seconds = seconds
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self.tree = tree
+        self._pending: list[tuple[str, dict[str, Any], int]] = []  # path, columns, changed
+        self._put = 0  # rows put since the last flush
         self._last = time.monotonic()
 
     def put(self, path: str, **columns: Any) -> None:
-        self._pending.append((path, columns))
-        if len(self._pending) >= self.size or time.monotonic() - self._last > self.seconds:
+        self._pending.append((path, columns, self.tree.changed if self.tree else 0))
+        self._put += 1
+        if self._put >= self.size or time.monotonic() - self._last > self.seconds:
             self.flush()
 
-    def flush(self) -> None:
-        if self._pending:
+    def flush(self, settle: bool = False) -> None:
+        """Write the rows whose changes are durable (all of them without a tree); with
+        `settle`, or when many wait, first make every change so far durable."""
+        try:
+            if self.tree is not None and (settle or len(self._pending) > HELD_ROWS) \
+                    and self._pending and self._pending[-1][2] > self.tree.durable:
+                self.tree.settle()
+        finally:
+            self._write()
+        self._put = 0
+        self._last = time.monotonic()
+
+    def _write(self) -> None:
+        ready = len(self._pending)
+        if self.tree is not None:
+            durable = self.tree.durable
+            ready = next((i for i, (*_, changed) in enumerate(self._pending)
+                          if changed > durable), ready)
+        if ready:
             with self.index.transaction():
                 # in order; one statement for each run of rows setting the same columns
-                for names, run in itertools.groupby(self._pending, lambda p: tuple(p[1])):
+                for names, run in itertools.groupby(self._pending[:ready],
+                                                    lambda p: tuple(p[1])):
                     self.index.upsert_many(
-                        names, [(path, *columns.values()) for path, columns in run]
+                        names, [(path, *columns.values()) for path, columns, _ in run]
                     )
-            self._pending.clear()
-        self._last = time.monotonic()
+            del self._pending[:ready]

@@ -4,6 +4,9 @@ Every path is reached from the target's own directory descriptor one component a
 with O_NOFOLLOW; files land under a temporary name, are fsynced and renamed into place
 (small files in batches: written, made durable by one syncfs, then renamed; file by file
 when other programs hold much unwritten data, which a syncfs would write back first).
+Every change of the tree's names is numbered; `Tree.durable` says how many are known to
+be on disk, so that an index never records a file in place before its rename would
+survive a power cut (RowWriter holds such rows until then).
 All functions block: call them from a worker thread.
 """
 
@@ -18,6 +21,7 @@ import os
 import pwd
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -91,6 +95,10 @@ class Tree:
         """Open `root`, or take a duplicate of an already open directory descriptor."""
         self.fd = os.dup(root) if isinstance(root, int) else os.open(root, _DIR_FLAGS)
         self._umask = _current_umask()
+        self.changed = 0  # changes of names made so far (renames, new and removed entries)
+        self.durable = 0  # how many of the first of them are known to be on disk
+        self._unsynced: dict[str, int] = {}  # folder -> number of its latest change
+        self._marks = threading.Lock()  # changes are made from several worker threads
 
     def close(self) -> None:
         os.close(self.fd)
@@ -107,7 +115,7 @@ class Tree:
         *dirs, name = relpath.split("/")
         fd = os.dup(self.fd)
         try:
-            for part in dirs:
+            for depth, part in enumerate(dirs):
                 try:
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -115,6 +123,7 @@ class Tree:
                         raise
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        self._changed_in("/".join(dirs[:depth]))
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -125,6 +134,56 @@ class Tree:
                 os.close(fd)
                 fd = next_fd
             yield fd, name
+        finally:
+            os.close(fd)
+
+    # -- durability of names ---------------------------------------------------------
+
+    def _changed_in(self, folder: str) -> None:
+        """An entry of `folder` was made, renamed or removed (call after the change)."""
+        with self._marks:
+            self.changed += 1
+            self._unsynced[folder] = self.changed
+
+    def _synced(self, upto: int) -> None:
+        """Every change numbered up to `upto` is on disk."""
+        with self._marks:
+            if upto > self.durable:
+                self.durable = upto
+                self._unsynced = {f: n for f, n in self._unsynced.items() if n > upto}
+
+    def settle(self) -> None:
+        """Make every change made so far durable: one syncfs, or beside much data other
+        programs left unwritten (DIRTY_ELSEWHERE), an fsync of each folder changed."""
+        with self._marks:
+            upto = self.changed
+            folders = list(self._unsynced)
+        if upto <= self.durable:
+            return
+        if _unwritten_bytes() > DIRTY_ELSEWHERE:
+            for folder in folders:
+                self._sync_folder(folder)
+        else:
+            _sync_file_system(self.fd)
+        self._synced(upto)
+
+    def _sync_folder(self, folder: str) -> None:
+        """fsync(2) of a folder: its entries as they stand reach the disk. One gone or
+        replaced since was a change of its own parent's, synced as well."""
+        if not folder:
+            os.fsync(self.fd)
+            return
+        try:
+            with self.parent_dir(folder) as (dfd, name):
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError, UnsafePath):
+            return
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return
+            raise
+        try:
+            os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -162,6 +221,7 @@ class Tree:
                 _apply(fd, mode, mtime_ns, owner)
                 os.fsync(fd)
                 _place(dfd, tmp, name, expect, relpath)
+                self._changed_in(_folder(relpath))
                 return os.fstat(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -191,10 +251,13 @@ class Tree:
                     for _, _, fd, _, _ in staged:
                         os.fsync(fd)
                 else:
+                    upto = self.changed
                     _sync_file_system(self.fd)
+                    self._synced(upto)  # the renames of earlier batches too
             for item, dfd, fd, tmp, name in staged:
                 try:
                     _place(dfd, tmp, name, item.expect, item.relpath)
+                    self._changed_in(_folder(item.relpath))
                     st = os.fstat(fd)
                     if stat.S_IMODE(st.st_mode) != _plain_mode(item.mode):  # a default ACL
                         os.fchmod(fd, _plain_mode(item.mode))
@@ -255,12 +318,14 @@ class Tree:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
                 raise
+            self._changed_in(_folder(relpath))
             return os.lstat(name, dir_fd=dfd)
 
     def make_dir(self, relpath: str, mode: int, owner: Owner | None) -> os.stat_result:
         with self.parent_dir(relpath, create=True) as (dfd, name):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=dfd)
+                self._changed_in(_folder(relpath))
             fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)  # refuses a symlink in its place
             try:
                 _apply(fd, mode, None, owner)
@@ -280,10 +345,12 @@ class Tree:
                         if exc.errno == errno.ENOTEMPTY:
                             return False
                         raise
+                    self._changed_in(_folder(relpath))
                     return True
                 if expect is not None and version(st) != expect:
                     return False
                 os.unlink(name, dir_fd=dfd)
+                self._changed_in(_folder(relpath))
                 return True
         except (FileNotFoundError, NotADirectoryError):
             return True
@@ -300,6 +367,10 @@ class LocalChanged(FusesyncError):
 
 Version = tuple[int, int, int, int]
 """(inode, size, mtime_ns, st_mode): a local path's version as a scan saw it."""
+
+
+def _folder(relpath: str) -> str:
+    return relpath.rpartition("/")[0]
 
 
 def version(st: os.stat_result) -> Version:

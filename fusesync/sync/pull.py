@@ -105,13 +105,15 @@ class Puller:
         self._disk = trio.CapacityLimiter(8)
         self._landing: Batcher[Download]
         self._net = trio.CapacityLimiter(1)  # set per run
-        self.rows = RowWriter(index)
+        self.rows = RowWriter(index, tree=tree)  # a row waits until its file is durable
 
     async def run(self, actions: Sequence[Action], concurrency: int) -> None:
         try:
             await self._run(actions, concurrency)
+            await trio.to_thread.run_sync(self.tree.settle)
         finally:
-            self.rows.flush()  # what was confirmed is recorded, even when the run fails
+            # what was confirmed is recorded, even when the run fails
+            self.rows.flush(settle=True)
 
     async def _run(self, actions: Sequence[Action], concurrency: int) -> None:
         dirs = sorted(
