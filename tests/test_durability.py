@@ -92,7 +92,8 @@ def test_pull_records_a_file_only_once_its_rename_is_durable(
     file replaced and one deleted remotely. Quiet: the syncfs each batch makes before its
     renames covers the batches before it, and one last syncfs the rest. Busy (much data
     other programs left unwritten): files are fsynced one by one, and the folders they
-    were renamed in are fsynced before their rows are written."""
+    were renamed in are fsynced before their rows are written (once 50 changes wait,
+    here, and at the end)."""
     for i in range(300):
         (one.home / f"d{i % 7}" / f"f{i}.txt").parent.mkdir(exist_ok=True)
         (one.home / f"d{i % 7}" / f"f{i}.txt").write_text(f"small {i}\n")
@@ -101,6 +102,7 @@ def test_pull_records_a_file_only_once_its_rename_is_durable(
     (one.home / "empty").mkdir()
     one.push()
     monkeypatch.setattr(localfs, "DIRTY_ELSEWHERE", -1 if elsewhere == "busy" else 1 << 62)
+    monkeypatch.setattr(localfs, "UNSETTLED_CHANGES", 50)  # busy: settled along the way
     recorder = Recorder(monkeypatch, two.home)
     two.pull()
     assert tree_of(two.home) == tree_of(one.home)
@@ -108,6 +110,7 @@ def test_pull_records_a_file_only_once_its_rename_is_durable(
     assert list(recorder.unsettled_rows()) == []
     if elsewhere == "busy":
         assert recorder.count("syncfs") == 0
+        assert recorder.count("fsync-dir") > 9  # more than the run's last settle (9 folders)
     else:
         assert recorder.count("fsync-dir") == 0
 

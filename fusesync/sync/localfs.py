@@ -62,6 +62,12 @@ system one syncfs per batch is the cheaper (5,000 files: 0.20-0.26 s, an fsync e
 0.95-1.07 s, or 0.48 s from 16 threads)."""
 
 
+UNSETTLED_CHANGES = 1024
+"""Changes a batch fsynced file by file (see DIRTY_ELSEWHERE) leaves to wait before the
+landing makes them durable itself (an fsync of each folder they touched), so that the
+index's rows for them (RowWriter) do not all wait for the end of the run."""
+
+
 class UnsafePath(FusesyncError):
     """A component of the path is a symlink or not a directory: nothing is written."""
 
@@ -267,6 +273,8 @@ class Tree:
                     item.result = exc
                     with contextlib.suppress(OSError):
                         os.unlink(tmp, dir_fd=dfd)
+            if self.changed - self.durable >= UNSETTLED_CHANGES:
+                self.settle()
         except BaseException:
             for _, dfd, _, tmp, _ in staged:
                 with contextlib.suppress(OSError):
