@@ -309,6 +309,35 @@ async def test_directory_rename_moves_remote_only_rows_without_a_download(
     assert old["base_etag"] == old["remote_etag"] and old["dirty"]  # push deletes it
 
 
+async def test_a_folder_renamed_while_a_file_in_it_streams_in(
+    overlay: Overlay, remote: FakeRemote, root: Path, index: Index
+) -> None:
+    """The fetch's temporary file moves with its folder, so the file lands at the new
+    path. The rename waits for it, then moves a local file: push uploads it at the new
+    path and deletes the old object. (Moved as a remote-only entry instead, the new row
+    would wait for a copy of the old object, which push deletes, and the old row would
+    claim the fetched file.)"""
+    remote.hold_after = 3
+    far = overlay.lookup(ROOT_INODE, "far")
+    away = overlay.lookup(far.ino, "away.txt")
+    fh = await overlay.open(away.ino, os.O_RDONLY)
+    assert await overlay.read(fh, 0, 3) == b"far"  # streaming: the rest is held back
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(overlay.rename, ROOT_INODE, "far", ROOT_INODE, "near", 0)
+        await trio.sleep(0.05)
+        remote.release.set()
+    assert await overlay.read(fh, 0, 100) == b"far away"
+    overlay.release(fh)
+    await fetched(overlay)
+    assert (root / "near" / "away.txt").read_bytes() == b"far away"
+    assert not (root / "far").exists()
+    old, new = index.require("far/away.txt"), index.require("near/away.txt")
+    assert old["dirty"] and old["base_etag"] == old["remote_etag"]  # push deletes exactly it
+    assert new["dirty"] and new["remote_from"] is None  # push uploads the local file
+    near = overlay.lookup(ROOT_INODE, "near")
+    assert set(names(overlay, near.ino)) == {"away.txt"}
+
+
 async def test_writable_open_of_remote_only_file_streams(
     overlay: Overlay, remote: FakeRemote, root: Path, index: Index
 ) -> None:

@@ -192,7 +192,7 @@ class Namespace(View):
             await self.materialize_tree(src)
             await self.materialize_tree(dst)
         else:
-            await self.settle(src)
+            await self.settle_tree(src)
             await self.fetch_uncopyable(src)  # the rest moves without a download
         if dst_kind is not None and not flags & RENAME_EXCHANGE:
             if dst_kind == Kind.DIR and src_kind != Kind.DIR:

@@ -505,3 +505,22 @@ class View:
         fetch = self.fetcher.active.get(node) if self.fetcher else None
         if fetch is not None:
             await fetch.done.wait()
+
+    async def settle_tree(self, node: Node) -> None:
+        """Wait for every fetch in flight at or below `node` to end. A folder moved while
+        a file in it streams in carries the temporary file along: the fetch would land
+        the file at the new path and record it at the old one."""
+        while self.fetcher is not None:
+            inside = [fetch for at, fetch in self.fetcher.active.items() if _within(at, node)]
+            if not inside:
+                return
+            await inside[0].done.wait()
+
+
+def _within(node: Node | None, top: Node) -> bool:
+    """`node` is `top` or below it."""
+    while node is not None:
+        if node is top:
+            return True
+        node = node.parent
+    return False
