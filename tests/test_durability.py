@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from syncenv import Cluster, tree_of
 
 from fusesync.index import Index, RowWriter
 from fusesync.sync import localfs
 from fusesync.sync.localfs import Tree
-from tests.syncenv import Cluster, tree_of
 
 Event = tuple[str, str]  # (what, path): placed / removed / syncfs / fsync-dir / row
 
