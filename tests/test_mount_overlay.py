@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from fusesync.errors import FusesyncError, RemoteError
+from fusesync.fs.adapter import READDIR_BY_INODE
 from fusesync.fs.attrs import Attr, Caller, Changes
 from fusesync.fs.fetch import Fetcher
 from fusesync.fs.journal import Journal
@@ -220,6 +221,39 @@ async def test_a_fetched_entry_is_on_disk_before_its_row_says_it_is_here(
         placed, row = events.index(("placed", path)), events.index(("row", path))
         folder = path.rpartition("/")[0] or "."
         assert ("fsync-dir", folder) in events[placed:row], events
+
+
+async def test_fsync_of_a_folder_reaches_the_underlying_folder(
+    overlay: Overlay, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync of a folder through the mount (how SQLite, editors and mail tools make a
+    new or renamed file durable) fsyncs the folder in the underlying tree; a remote-only
+    folder has nothing local to sync."""
+    from fusesync.fs.adapter import Adapter
+
+    synced: list[Path] = []
+    fsync, fdatasync = os.fsync, os.fdatasync
+
+    def recorded(real: Any) -> Any:
+        def call(fd: int) -> None:
+            real(fd)
+            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        return call
+
+    monkeypatch.setattr(os, "fsync", recorded(fsync))
+    monkeypatch.setattr(os, "fdatasync", recorded(fdatasync))
+    adapter = Adapter(overlay)
+    docs = overlay.lookup(ROOT_INODE, "docs")
+    if READDIR_BY_INODE:  # the kernel names the folder by its inode (no opendir)
+        handles = {"docs": docs.ino, "root": ROOT_INODE}
+    else:
+        handles = {"docs": overlay.opendir(docs.ino), "root": overlay.opendir(ROOT_INODE)}
+    await adapter.fsyncdir(handles["docs"], False)
+    await adapter.fsyncdir(handles["root"], True)
+    assert synced == [(root / "docs").resolve(), root.resolve()]
+    far = overlay.lookup(ROOT_INODE, "far")  # remote-only
+    await adapter.fsyncdir(far.ino if READDIR_BY_INODE else overlay.opendir(far.ino), False)
+    assert len(synced) == 2 and not (root / "far").exists()
 
 
 async def test_read_waits_only_for_its_range(overlay: Overlay, remote: FakeRemote,

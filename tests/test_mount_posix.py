@@ -141,3 +141,27 @@ def test_listings_after_changes_show_the_changes(mount: Mount) -> None:
     (home / "d" / "g").rmdir()
     os.rename(home / "d" / "e", home / "d" / "h")
     assert sorted(listed()) == ["a", "b", "c", "h"]
+
+
+def test_fsync_of_a_folder_makes_a_rename_durable(mount: Mount) -> None:
+    """The safe-save of editors and SQLite: write a temporary file, fsync it, rename it
+    over the old one, fsync the folder. Every step answers through the mount."""
+    home = mount.path
+    (home / "notes").mkdir()
+    (home / "notes" / "todo.txt").write_text("old")
+    fd = os.open(home / "notes" / ".todo.txt.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"new")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(home / "notes" / ".todo.txt.tmp", home / "notes" / "todo.txt")
+    for folder in (home / "notes", home):
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+            os.fdatasync(dfd)
+        finally:
+            os.close(dfd)
+    assert (home / "notes" / "todo.txt").read_text() == "new"
+    assert os.listdir(home / "notes") == ["todo.txt"]

@@ -283,7 +283,9 @@ class Adapter(pyfuse3.Operations):
 
     @replies
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        pass  # directory changes are plain changes of the underlying tree
+        """`fh` is the folder's inode with READDIR_BY_INODE, else opendir's handle."""
+        node = self.overlay.node(fh) if READDIR_BY_INODE else self.overlay.handles.dir(fh).node
+        await self.overlay.fsyncdir(node, datasync)
 
     @replies
     async def statfs(self, ctx: Ctx) -> pyfuse3.StatvfsData:

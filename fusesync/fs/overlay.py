@@ -147,6 +147,19 @@ class Overlay(Namespace):
             handle.fetch = None
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
 
+    async def fsyncdir(self, node: Node, datasync: bool) -> None:
+        """A folder's entries as they stand in the underlying tree reach the disk: what
+        an fsync of a folder through the mount asks, after a new or renamed file (SQLite,
+        editors and mail tools make a rename durable so). A remote-only folder has none."""
+        fd = self.dirs.get(node)
+        if fd is None:
+            return
+        fd = os.dup(fd)  # kept across the await, which may close the cached one
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        finally:
+            os.close(fd)
+
     def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
         self.inodes.release(handle.node)
