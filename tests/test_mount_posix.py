@@ -165,3 +165,63 @@ def test_fsync_of_a_folder_makes_a_rename_durable(mount: Mount) -> None:
             os.close(dfd)
     assert (home / "notes" / "todo.txt").read_text() == "new"
     assert os.listdir(home / "notes") == ["todo.txt"]
+
+
+def test_a_sqlite_database_in_wal_mode_works_through_the_mount(mount: Mount) -> None:
+    """Programs keep their state in SQLite databases under the home (browsers, notebooks,
+    shell histories): WAL mode shares its index through a memory-mapped file and locks
+    with fcntl. Written, closed, opened again by another connection while a first one
+    holds it: every row is there, and the check of the file says it is whole."""
+    import sqlite3
+
+    path = mount.path / ".local" / "state.db"
+    path.parent.mkdir()
+    first = sqlite3.connect(path)
+    first.execute("PRAGMA journal_mode=WAL")
+    first.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, body TEXT)")
+    with first:
+        first.executemany("INSERT INTO t VALUES (?, ?)", ((i, "x" * i) for i in range(500)))
+    second = sqlite3.connect(path)
+    assert second.execute("SELECT count(*), sum(length(body)) FROM t").fetchone() == (
+        500, sum(range(500)))
+    with second:
+        second.execute("DELETE FROM t WHERE n % 2 = 0")
+    assert first.execute("SELECT count(*) FROM t").fetchone() == (250,)
+    first.close()
+    second.close()
+    again = sqlite3.connect(path)
+    assert again.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert again.execute("SELECT count(*) FROM t").fetchone() == (250,)
+    again.close()
+
+
+def test_a_git_repository_works_through_the_mount(mount: Mount) -> None:
+    """Job scripts often live in a git repository under the home: init, commits, gc (packs
+    written, renamed, loose objects removed), fsck, and a local clone (git tries hard
+    links, refused here with EPERM, and copies instead)."""
+    import subprocess
+
+    repo = mount.path / "proj"
+    repo.mkdir()
+    env = {**os.environ, "HOME": str(mount.path), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "tester", "GIT_AUTHOR_EMAIL": "tester@example.org",
+           "GIT_COMMITTER_NAME": "tester", "GIT_COMMITTER_EMAIL": "tester@example.org"}
+
+    def git(*args: str, cwd: Path = repo) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    git("init", "-q")
+    for i in range(20):
+        (repo / f"job{i}.sh").write_text(f"echo {i}\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    (repo / "job1.sh").write_text("echo changed\n")
+    git("commit", "-qam", "second")
+    git("gc", "-q")
+    git("fsck", "--strict")
+    assert len(git("log", "--oneline").splitlines()) == 2
+    git("clone", "-q", str(repo), str(mount.path / "copy"), cwd=mount.path)
+    assert (mount.path / "copy" / "job1.sh").read_text() == "echo changed\n"
