@@ -53,6 +53,10 @@ class BusyError(FusesyncError):
 
     errno = _errno.EBUSY
 
+    def __init__(self, message: str, activity: str | None = None) -> None:
+        super().__init__(message)
+        self.activity = activity  # what the owner is doing ('push', 'mount'...), if known
+
 
 class RemoteError(FusesyncError):
     """The object store refused or could not be reached."""

@@ -24,7 +24,7 @@ from support.mounting import (
     remote_only_state,
     wait_until,
 )
-from syncenv import Cluster
+from syncenv import Cluster, keys
 
 if TYPE_CHECKING:
     from conftest import FusesyncEnv
@@ -47,6 +47,24 @@ def test_second_mount_is_refused(mount: Mount, two: Cluster) -> None:
     assert result.returncode == 1
     assert "already mounted" in result.stderr
     assert (two.home).is_dir() and is_mounted(two.home)
+
+
+def test_purge_of_a_mounted_target_says_to_unmount_first(
+    one: Cluster, two: Cluster, s3
+) -> None:
+    """push, pull and status go to the mount's daemon; purge, which it does not run, is
+    refused with the way out, and deletes nothing."""
+    (one.home / "kept.txt").write_text("stays on the remote")
+    one.push()
+    before = keys(s3, one.bucket)
+    with mounted(two.home, two.env):
+        result = two.cli("purge", "default", "--yes")
+        assert result.exit_code == 1, result.output
+        assert "target 'default' is mounted (daemon pid" in result.output
+        assert "run 'fusesync unmount default' first" in result.output
+        assert (two.home / "kept.txt").read_text() == "stays on the remote"
+    assert keys(s3, one.bucket) == before
+    assert_clean_log(two)
 
 
 def test_kill_9_loses_nothing_fsynced_and_remount_cleans_the_stale_mount(

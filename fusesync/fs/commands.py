@@ -93,7 +93,9 @@ def mount(ctx: click.Context, name: str, foreground: bool, cache_limit: int | No
                 early = stack.enter_context(opened(config.settings, target, "mount",
                                                    listing=not no_pull))
             except BusyError as exc:
-                raise BusyError(f"'{target.name}' is already mounted or busy ({exc})") from None
+                if exc.activity == "mount":
+                    raise BusyError(f"'{target.name}' is already mounted", "mount") from None
+                raise BusyError(f"'{target.name}' is busy ({exc})", exc.activity) from None
             from fusesync.fs import daemon
 
             options = daemon.MountOptions(foreground, allow_other, cache_limit, passphrase,

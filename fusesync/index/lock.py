@@ -35,8 +35,14 @@ class TargetLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").split()
             os.close(fd)
-            who = f"{holder[0]} running as pid {holder[1]}" if len(holder) >= 2 else "in use"
-            raise BusyError(f"target '{self.target}' is busy: {who}") from None
+            if len(holder) < 2:
+                raise BusyError(f"target '{self.target}' is busy: in use") from None
+            activity, pid = holder[:2]
+            if activity == "mount":
+                raise BusyError(f"target '{self.target}' is mounted (daemon pid {pid}): run "
+                                f"'fusesync unmount {self.target}' first", activity) from None
+            raise BusyError(f"target '{self.target}' is busy: {activity} running as pid {pid}",
+                            activity) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{self.activity} {os.getpid()}\n".encode(), 0)
