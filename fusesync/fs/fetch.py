@@ -306,7 +306,7 @@ def _seal(fetch: Fetch, row: Row, whole: tuple[str, int] | None, name: str) -> s
     of what it took for a file deleted here). Blocks. `whole`: a small file's MD5 and
     size as checked in memory, which the file holds unless it was written to meanwhile
     (else it is read back and hashed). Anything that could touch the path through the
-    mount waits for the fetch to end first (View.settle).
+    mount waits for the fetch to end first (View.settle, View.settle_tree).
 
     A file written through the mount while it streamed in, or while it was hashed, holds
     more than the download: its MD5 is no check of the transfer then, and its mtime is the
