@@ -231,3 +231,28 @@ def test_a_batch_never_waits_for_data_other_programs_left_unwritten(
     else:
         assert (fsynced, len(syncfs)) == ([], 1)
     assert not leftovers(tmp_path)
+
+
+def test_a_folder_gone_since_the_scan_is_not_made_again(tmp_path: Path) -> None:
+    """A file the pull replaces was seen in its folder; the folder was renamed (or
+    removed) since. The file is kept as changed locally, and no empty folder of the old
+    name is left behind, whether it lands in a batch, whole, or as a symlink. A new file
+    still gets the folders it needs."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "x").write_text("seen by the scan")
+    (tmp_path / "old" / "l").symlink_to("x")
+    seen, link = version((tmp_path / "old" / "x").stat()), version((tmp_path / "old" / "l").lstat())
+    (tmp_path / "old").rename(tmp_path / "new")
+    batch = [Landing("old/x", b"remote x", 0o644, None, None, expect=seen),
+             Landing("fresh/deep/y", b"remote y", 0o644, None, None, expect=None)]
+    with Tree(tmp_path) as tree:
+        tree.land(batch)
+        with pytest.raises(LocalChanged):
+            tree.write_file("old/x", lambda f: f.write(b"remote x"), 0o644, None, None, seen)
+        with pytest.raises(LocalChanged):
+            tree.write_symlink("old/l", "elsewhere", expect=link)
+    assert isinstance(batch[0].result, LocalChanged)
+    assert not (tmp_path / "old").exists()
+    assert (tmp_path / "new" / "x").read_text() == "seen by the scan"
+    assert (tmp_path / "fresh" / "deep" / "y").read_bytes() == b"remote y"
+    assert not leftovers(tmp_path)

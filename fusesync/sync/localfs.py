@@ -143,6 +143,24 @@ class Tree:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _folder_of(self, relpath: str, expect: Version | bool | None
+                   ) -> Iterator[tuple[int, str]]:
+        """parent_dir for a file about to land: its folders are made where it is new, but
+        not where a local file is expected there (`expect` a Version): a folder gone since
+        the scan was removed or renamed locally, and making it again would leave an empty
+        one behind."""
+        expected = isinstance(expect, tuple)
+        with contextlib.ExitStack() as stack:
+            try:
+                found = stack.enter_context(self.parent_dir(relpath, create=not expected))
+            except (FileNotFoundError, NotADirectoryError):
+                if not expected:
+                    raise
+                raise LocalChanged(f"'{relpath}' changed locally during the pull; kept"
+                                   ) from None
+            yield found
+
     # -- durability of names ---------------------------------------------------------
 
     def _changed_in(self, folder: str) -> None:
@@ -215,7 +233,7 @@ class Tree:
         `expect` guards against a local change racing the pull: a stat result the path
         must still match, None if it must still be absent, True for no check.
         """
-        with self.parent_dir(relpath, create=True) as (dfd, name):
+        with self._folder_of(relpath, expect) as (dfd, name):
             name = final_name or name
             tmp = temporary_name(name)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -290,7 +308,7 @@ class Tree:
         folder, _, name = item.relpath.rpartition("/")
         dfd = parents.get(folder)
         if dfd is None:
-            with self.parent_dir(item.relpath, create=True) as (opened, _):
+            with self._folder_of(item.relpath, item.expect) as (opened, _):
                 dfd = parents[folder] = os.dup(opened)
         name = item.final_name or name
         tmp = temporary_name(name)
@@ -316,7 +334,7 @@ class Tree:
         self, relpath: str, target: str, expect: Version | bool | None = True,
         final_name: str | None = None,
     ) -> os.stat_result:
-        with self.parent_dir(relpath, create=True) as (dfd, name):
+        with self._folder_of(relpath, expect) as (dfd, name):
             name = final_name or name
             tmp = temporary_name(name)
             os.symlink(target, tmp, dir_fd=dfd)
