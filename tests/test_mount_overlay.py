@@ -138,6 +138,15 @@ async def fetched(overlay: Overlay) -> None:
         await next(iter(overlay.fetcher.active.values())).done.wait()
 
 
+async def read_fetched(overlay: Overlay, ino: int) -> bytes:
+    """Open a file, read it (up to 100 bytes) and close it, then wait for its fetch."""
+    fh = await overlay.open(ino, os.O_RDONLY)
+    body = await overlay.read(fh, 0, 100)
+    overlay.release(fh)
+    await fetched(overlay)
+    return body
+
+
 def dirty(index: Index) -> set[str]:
     return {row["path"] for row in index.rows("dirty != 0")}
 
@@ -159,10 +168,7 @@ async def test_union_shows_local_and_remote_only_entries(overlay: Overlay, index
 async def test_open_fetches_into_the_tree(overlay: Overlay, root: Path, index: Index) -> None:
     far = overlay.lookup(ROOT_INODE, "far")
     away = overlay.lookup(far.ino, "away.txt")
-    fh = await overlay.open(away.ino, os.O_RDONLY)
-    assert await overlay.read(fh, 0, 100) == b"far away"
-    overlay.release(fh)
-    await fetched(overlay)
+    assert await read_fetched(overlay, away.ino) == b"far away"
     assert (root / "far" / "away.txt").read_bytes() == b"far away"
     assert stat.S_IMODE((root / "far" / "away.txt").stat().st_mode) == 0o640
     assert stat.S_IMODE((root / "far").stat().st_mode) == 0o750
@@ -212,10 +218,7 @@ async def test_a_fetched_entry_is_on_disk_before_its_row_says_it_is_here(
     monkeypatch.setattr(Index, "upsert", recorded)
     far = overlay.lookup(ROOT_INODE, "far")
     away = overlay.lookup(far.ino, "away.txt")
-    fh = await overlay.open(away.ino, os.O_RDONLY)
-    assert await overlay.read(fh, 0, 100) == b"far away"
-    overlay.release(fh)
-    await fetched(overlay)
+    assert await read_fetched(overlay, away.ino) == b"far away"
     assert [e for e in events if e[0] == "row"] == [("row", "far"), ("row", "far/away.txt")]
     for path in ("far", "far/away.txt"):
         placed, row = events.index(("placed", path)), events.index(("row", path))
@@ -334,10 +337,8 @@ async def test_directory_rename_moves_remote_only_rows_without_a_download(
     await overlay.rename(near.ino, "away.txt", ROOT_INODE, "moved.txt", 0)  # moved again
     assert index.get("near/away.txt") is None
     assert index.require("moved.txt")["remote_from"] == "far/away.txt"
-    fh = await overlay.open(overlay.lookup(ROOT_INODE, "moved.txt").ino, os.O_RDONLY)
-    assert await overlay.read(fh, 0, 100) == b"far away"  # from the object's old key
-    overlay.release(fh)
-    await fetched(overlay)
+    moved_ino = overlay.lookup(ROOT_INODE, "moved.txt").ino
+    assert await read_fetched(overlay, moved_ino) == b"far away"  # from the object's old key
     moved, old = index.require("moved.txt"), index.require("far/away.txt")
     assert moved["local_kind"] == "file" and moved["base_kind"] is None and moved["dirty"]
     assert old["base_etag"] == old["remote_etag"] and old["dirty"]  # push deletes it

@@ -184,7 +184,7 @@ class Tree:
             folders = list(self._unsynced)
         if upto <= self.durable:
             return
-        if _unwritten_bytes() > DIRTY_ELSEWHERE:
+        if _much_unwritten():
             for folder in folders:
                 self._sync_folder(folder)
         else:
@@ -270,8 +270,7 @@ class Tree:
                 except Exception as exc:
                     item.result = exc
             if staged:
-                own = sum(len(item.body) for item, *_ in staged)
-                if _unwritten_bytes() - own > DIRTY_ELSEWHERE:
+                if _much_unwritten(own=sum(len(item.body) for item, *_ in staged)):
                     for _, _, fd, _, _ in staged:
                         os.fsync(fd)
                 else:
@@ -468,6 +467,12 @@ def _unwritten_bytes() -> int:
             if line.startswith((b"Dirty:", b"Writeback:")):
                 found += int(line.split()[1]) * 1024  # in kB
     return found
+
+
+def _much_unwritten(own: int = 0) -> bool:
+    """Other programs hold more than DIRTY_ELSEWHERE of unwritten data (beyond `own`, the
+    caller's): a syncfs would wait for it, so durability goes folder or file by file."""
+    return _unwritten_bytes() - own > DIRTY_ELSEWHERE
 
 
 def _sync_file_system(fd: int) -> None:
